@@ -1,0 +1,49 @@
+"""The ``flashsim`` command line: thin click wrappers over library functions.
+
+Each sub-command lives in its own module and only parses options, calls the library
+and prints. :class:`~flashsim.errors.FlashSimError` is shown as a one-paragraph
+message (no traceback) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from flashsim import __version__
+from flashsim.errors import FlashSimError
+
+
+class _FlashSimGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FlashSimError as err:
+            click.secho(f"Error: {err}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_FlashSimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flashsim")
+def main() -> None:
+    """FlashSim data toolkit: prepare shards, load them fast, train spline flows.
+
+    \b
+    Typical session:
+      flashsim toy --events 100000 --out ttbar_toy.root
+      flashsim prep ttbar_toy.root --out shards/
+      flashsim train jets
+      flashsim bench-loader --quick
+    """
+
+
+def _register() -> None:
+    # Imported here so that `flashsim --help` stays fast and each command module
+    # stays independent of the others.
+    from flashsim.cli import toy
+
+    main.add_command(toy.toy)
+
+
+_register()

@@ -1,0 +1,189 @@
+"""The store format: naming, metadata, discovery and atomic creation.
+
+This is where ``pipelines`` (which write stores) and ``loaders`` (which read them) meet;
+neither imports the other. A prepared dataset is a directory holding one store per
+object and format::
+
+    shards/jets.zarr        zarr v3 group, arrays ``train`` and ``val`` (N, 31) float32
+    shards/jets-wds/        webdataset: ``train-000000.tar`` ..., ``manifest.json``
+    shards/jets.h5          HDF5, original FlashSim format: ``data`` (train rows), ``val``
+
+Every store carries the same metadata dictionary (see :func:`read_metadata`), under the
+zarr group attribute ``"flashsim"``, in ``manifest.json`` for webdataset, and as a JSON
+string in the HDF5 file attribute ``"flashsim"``.
+
+Examples
+--------
+>>> from flashsim.store import store_path
+>>> store_path("shards", "jets", "webdataset").as_posix()
+'shards/jets-wds'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from flashsim.errors import StoreError
+from flashsim.layouts import Layout, layout_for
+
+FORMATS: tuple[str, ...] = ("zarr", "webdataset", "hdf5")
+SPLITS: tuple[str, ...] = ("train", "val")
+FORMAT_VERSION = 1
+META_KEY = "flashsim"
+WDS_MANIFEST = "manifest.json"
+HDF5_SPLIT_DATASETS = {"train": "data", "val": "val"}
+"""HDF5 dataset name of each split: ``data`` is the original FlashSim name."""
+
+DEFAULT_DATA_DIR = Path("shards")
+"""Where ``flashsim prep`` writes and ``train``/``bench-loader`` read by default."""
+
+_SUFFIX = {"zarr": ".zarr", "webdataset": "-wds", "hdf5": ".h5"}
+
+
+def store_path(out_dir: str | os.PathLike, obj: str, fmt: str) -> Path:
+    """Path of the ``fmt`` store of object ``obj`` inside ``out_dir``."""
+    if fmt not in _SUFFIX:
+        raise StoreError(f"Unknown store format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    return Path(out_dir) / f"{obj}{_SUFFIX[fmt]}"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Format of the store at ``path``: ``"zarr"``, ``"webdataset"`` or ``"hdf5"``."""
+    p = Path(path)
+    if p.is_dir() and ((p / "zarr.json").exists() or p.suffix == ".zarr"):
+        return "zarr"
+    if p.is_dir() and (p / WDS_MANIFEST).exists():
+        return "webdataset"
+    if p.is_file() and p.suffix in (".h5", ".hdf5"):
+        return "hdf5"
+    raise StoreError(
+        f"{p} is not a flashsim store (expected a .zarr directory, a webdataset directory "
+        f"with {WDS_MANIFEST}, or an .h5 file). Create one with `flashsim prep INPUT --out DIR`."
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata dictionary of the store at ``path``.
+
+    Keys: ``format_version``, ``object``, ``format``, ``layout`` (columns and slices),
+    ``preprocessing`` (every transform with parameters and inverse), ``seed``, ``rows``
+    (per split), ``dropped`` (rows dropped, by reason), ``inputs`` (paths, sizes,
+    sha256, events), ``substitutions``, ``options``, ``chunk_rows``, ``tool_version``,
+    ``created``.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    try:
+        if fmt == "zarr":
+            meta = json.loads((p / "zarr.json").read_text())["attributes"][META_KEY]
+        elif fmt == "webdataset":
+            meta = json.loads((p / WDS_MANIFEST).read_text())[META_KEY]
+        else:
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                meta = json.loads(f.attrs[META_KEY])
+    except (KeyError, OSError, ValueError) as err:
+        raise StoreError(
+            f"{p} has no readable flashsim metadata ({type(err).__name__}: {err}); it was not "
+            "written by `flashsim prep` or is damaged. Re-create it with `flashsim prep`."
+        ) from None
+    return meta
+
+
+def store_layout(meta: dict, expected_object: str | None = None, path: str = "") -> Layout:
+    """Check a store's layout against the known ones (and ``expected_object``); return it."""
+    obj = meta.get("object")
+    if expected_object is not None and obj != expected_object:
+        raise StoreError(
+            f"{path or 'The store'} holds {obj!r} rows, not {expected_object!r}. "
+            f"Pass the {expected_object} store (e.g. shards/{expected_object}.zarr) instead."
+        )
+    layout = layout_for(obj) if obj in ("jets", "muons") else None
+    columns = meta.get("layout", {}).get("columns")
+    if layout is None or columns is None or len(columns) != layout.n_columns:
+        raise StoreError(
+            f"{path or 'The store'} has an unknown layout (object {obj!r}, "
+            f"{len(columns or [])} columns); flashsim knows jets (31) and muons (52)."
+        )
+    return layout
+
+
+def find_store(
+    data: str | os.PathLike, obj: str, fmt: str | None = None, preference: tuple[str, ...] = FORMATS
+) -> Path:
+    """Locate the store of ``obj`` given a store path or a directory of stores.
+
+    ``data`` may be a store itself (``shards/jets.zarr``) or a directory written by
+    ``flashsim prep --out`` (``shards/``). With ``fmt`` only that format is accepted;
+    otherwise the first of ``preference`` that exists is returned.
+    """
+    p = Path(data)
+    with contextlib.suppress(StoreError):
+        detect_format(p)
+        return p
+    if not p.is_dir():
+        raise StoreError(
+            f"No data at {p}. Prepare it first: `flashsim prep INPUT.root --out {p}/` "
+            "(or `flashsim toy --events 100000 --out ttbar_toy.root` to make an input)."
+        )
+    for candidate in (fmt,) if fmt else preference:
+        sp = store_path(p, obj, candidate)
+        if sp.exists():
+            return sp
+    wanted = f"the {fmt} store" if fmt else "a store"
+    raise StoreError(
+        f"{p} holds no {obj} data ({wanted} such as {store_path(p, obj, fmt or 'zarr')} is "
+        f"missing). Run `flashsim prep INPUT --out {p}/ --objects {obj}"
+        + (f" --format {fmt}`." if fmt else "`.")
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; move it to ``final`` only on success.
+
+    A crash or exception leaves ``final`` as it was (absent, or the previous store)
+    and removes the partial output. An existing ``final`` without ``overwrite`` is an
+    error raised before anything is written.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_output(d / "x.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (d / "x.txt").read_text()
+    'done'
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise StoreError(
+            f"{final} already exists; nothing was changed. Pass --overwrite to replace it, "
+            "or choose another --out."
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)

@@ -1,0 +1,371 @@
+"""Preprocessing transforms: the single source of truth for how raw features become
+training inputs, and back.
+
+A :class:`Preprocessing` is an ordered list of ``(column, step)`` pairs for one layout.
+Each step is a small vectorised transform with its parameters, a forward map and, where
+one exists, an inverse. The whole chain is stored in every store's metadata
+(:meth:`Preprocessing.to_dict`) and can be rebuilt from it
+(:meth:`Preprocessing.from_dict`), so generated samples can be mapped back to physical
+values without this module's defaults.
+
+Random steps (dequantisation, smearing of zero spikes) draw from a
+:class:`numpy.random.Generator` passed in by the caller: same seed, same bytes.
+
+Examples
+--------
+>>> import numpy as np
+>>> from flashsim.transforms import JET_PREPROCESSING
+>>> rows = np.zeros((4, 31), dtype=np.float32)
+>>> rows[:, 26] = [0.9, 1.0, 5.0, -1.0]            # MJet_ptRatio
+>>> out = JET_PREPROCESSING.forward(rows, np.random.default_rng(0))
+>>> np.allclose(out[:, 26], [0.9, 1.0, 3.0, 0.0])   # clipped to [0, 3]
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+
+from flashsim.layouts import DTYPE, JETS, MUONS, Layout, layout_for
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform of one column. Subclasses define ``kind``, forward and inverse.
+
+    ``forward`` and ``inverse`` take and return 1-D float64 arrays (a column).
+    ``invertible`` is False when information is lost (clipping, replacing failed
+    values); the inverse is then the identity, which is what generation wants.
+    """
+
+    kind: ClassVar[str] = ""
+    invertible: ClassVar[bool] = True
+    random: ClassVar[bool] = False
+
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Human-readable formula, e.g. ``'arctan(100*x)'``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Clip(Step):
+    """``clip(x, lo, hi)``; ``None`` means unbounded. Inverse: identity (lossy)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    kind: ClassVar[str] = "clip"
+    invertible: ClassVar[bool] = False
+
+    def forward(self, x, rng=None):
+        lo = -np.inf if self.lo is None else self.lo
+        hi = np.inf if self.hi is None else self.hi
+        return np.clip(x, lo, hi)
+
+    def inverse(self, y):
+        return y
+
+    def describe(self):
+        return f"clip(x, {self.lo}, {self.hi})"
+
+
+@dataclass(frozen=True)
+class NegativeTo(Step):
+    """Negative values (NanoAOD's "failed" defaults, -1 or -10) set to ``value``.
+
+    Inverse: identity (the failed default cannot be recovered).
+    """
+
+    value: float = -0.1
+    kind: ClassVar[str] = "negative_to"
+    invertible: ClassVar[bool] = False
+
+    def forward(self, x, rng=None):
+        return np.where(x < 0, self.value, x)
+
+    def inverse(self, y):
+        return y
+
+    def describe(self):
+        return f"x<0 -> {self.value}"
+
+
+@dataclass(frozen=True)
+class Log(Step):
+    """``log(x + offset)``; inverse ``exp(y) - offset``."""
+
+    offset: float = 0.0
+    kind: ClassVar[str] = "log"
+
+    def forward(self, x, rng=None):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(x + self.offset)
+
+    def inverse(self, y):
+        return np.exp(y) - self.offset
+
+    def describe(self):
+        return f"log(x + {self.offset})" if self.offset else "log(x)"
+
+
+@dataclass(frozen=True)
+class Log1p(Step):
+    """``log1p(x)``; inverse ``expm1(y)``."""
+
+    kind: ClassVar[str] = "log1p"
+
+    def forward(self, x, rng=None):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log1p(x)
+
+    def inverse(self, y):
+        return np.expm1(y)
+
+    def describe(self):
+        return "log1p(x)"
+
+
+@dataclass(frozen=True)
+class Arctan(Step):
+    """``arctan(scale * (x - shift))``; inverse ``tan(y) / scale + shift``."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+    kind: ClassVar[str] = "arctan"
+
+    def forward(self, x, rng=None):
+        return np.arctan(self.scale * (x - self.shift))
+
+    def inverse(self, y):
+        return np.tan(y) / self.scale + self.shift
+
+    def describe(self):
+        inner = f"(x - {self.shift})" if self.shift else "x"
+        return f"arctan({self.scale}*{inner})"
+
+
+@dataclass(frozen=True)
+class SmearSpike(Step):
+    """Values ``<= threshold`` (the spike of zeros after a log) replaced by N(mean, std).
+
+    Inverse: values ``<= threshold`` set to ``fill``, the spike's position before
+    smearing (e.g. ``log(0 + 0.001)``), so the next inverse maps them back to 0.
+    """
+
+    threshold: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+    fill: float = 0.0
+    kind: ClassVar[str] = "smear_spike"
+    random: ClassVar[bool] = True
+
+    def forward(self, x, rng=None):
+        if rng is None:
+            raise ValueError("SmearSpike.forward needs a numpy Generator (rng)")
+        mask = x <= self.threshold
+        out = x.copy()
+        out[mask] = rng.normal(self.mean, self.std, size=int(mask.sum()))
+        return out
+
+    def inverse(self, y):
+        return np.where(y <= self.threshold, self.fill, y)
+
+    def describe(self):
+        return f"x<={self.threshold} -> N({self.mean}, {self.std})"
+
+
+@dataclass(frozen=True)
+class Dequantize(Step):
+    """``x + sigma * N(0, 1)`` for integer-valued columns; inverse ``round(y)``."""
+
+    sigma: float = 0.1
+    kind: ClassVar[str] = "dequantize"
+    random: ClassVar[bool] = True
+
+    def forward(self, x, rng=None):
+        if rng is None:
+            raise ValueError("Dequantize.forward needs a numpy Generator (rng)")
+        return x + self.sigma * rng.standard_normal(x.shape[0])
+
+    def inverse(self, y):
+        return np.round(y)
+
+    def describe(self):
+        return f"x + {self.sigma}*N(0, 1)"
+
+
+STEP_KINDS: dict[str, type[Step]] = {
+    cls.kind: cls for cls in (Clip, NegativeTo, Log, Log1p, Arctan, SmearSpike, Dequantize)
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Ordered ``(column name, step)`` pairs applied to rows of one layout."""
+
+    layout: Layout
+    steps: tuple[tuple[str, Step], ...]
+
+    def __post_init__(self) -> None:
+        for name, _ in self.steps:
+            self.layout.index(name)  # KeyError on a column outside the layout
+
+    def forward(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Apply every step in order; ``rows`` is ``(N, n_columns)``. Returns a new float32 array.
+
+        Random steps draw in step order from ``rng``, so the output depends only on
+        the input rows and the generator's state.
+        """
+        out = np.array(rows, dtype=DTYPE, copy=True)
+        for name, step in self.steps:
+            j = self.layout.index(name)
+            out[:, j] = step.forward(out[:, j].astype(np.float64), rng)
+        return out
+
+    def inverse(self, rows: np.ndarray, columns: slice | None = None) -> np.ndarray:
+        """Map preprocessed rows back to physical values (steps inverted in reverse order).
+
+        ``rows`` is ``(N, n_columns)``, or ``(N, k)`` holding only the columns
+        ``columns`` (e.g. ``layout.targets`` for generated targets).
+        """
+        columns = columns or slice(0, self.layout.n_columns)
+        offset = columns.start or 0
+        stop = columns.stop if columns.stop is not None else self.layout.n_columns
+        out = np.array(rows, dtype=DTYPE, copy=True)
+        for name, step in reversed(self.steps):
+            j = self.layout.index(name)
+            if offset <= j < stop:
+                out[:, j - offset] = step.inverse(out[:, j - offset].astype(np.float64))
+        return out
+
+    def to_dict(self) -> list[dict]:
+        """JSON-serialisable list, one entry per step, in application order."""
+        return [
+            {
+                "column": name,
+                "index": self.layout.index(name),
+                **step.to_dict(),
+                "formula": step.describe(),
+                "inverse": "identity (lossy)" if not step.invertible else "exact",
+            }
+            for name, step in self.steps
+        ]
+
+    @classmethod
+    def from_dict(cls, obj: str, entries: Iterable[dict]) -> Preprocessing:
+        """Rebuild from :meth:`to_dict` output (as stored in metadata)."""
+        steps = []
+        for entry in entries:
+            step_cls = STEP_KINDS[entry["kind"]]
+            params = {f.name: entry[f.name] for f in fields(step_cls) if f.name in entry}
+            steps.append((entry["column"], step_cls(**params)))
+        return cls(layout_for(obj), tuple(steps))
+
+
+def _each(columns: Iterable[str], step: Step) -> list[tuple[str, Step]]:
+    return [(c, step) for c in columns]
+
+
+JET_PREPROCESSING = Preprocessing(
+    JETS,
+    (
+        ("MJet_massRatio", Clip(0.0, 7.0)),
+        ("MJet_ptRatio", Clip(0.0, 3.0)),
+        # Each b-tag/qgl column with its own mask (the original used DeepB's mask for all four).
+        # btagCMVA is a discriminant in [-1, 1] whose negative values are real: untouched.
+        *_each(
+            ("MJet_btagCSVV2", "MJet_btagDeepB", "MJet_btagDeepC", "MJet_qgl"), NegativeTo(-0.1)
+        ),
+        *_each(("MJet_jetId", "MJet_puId"), Dequantize(0.1)),
+    ),
+)
+
+
+def muon_preprocessing(sum_eoot: str = "log1p") -> Preprocessing:
+    """The muon preprocessing of the original work.
+
+    Args:
+        sum_eoot: ``"log1p"`` (default) keeps muons of events with ``Pileup_sumEOOT == 0``;
+            ``"log"`` reproduces the original ``log(x)``, whose ``-inf`` rows are then
+            dropped by prep and counted in the store's metadata (the original dropped
+            them silently).
+    """
+    if sum_eoot not in ("log1p", "log"):
+        raise ValueError(f"sum_eoot must be 'log1p' or 'log', not {sum_eoot!r}")
+    log_offset = 0.001
+    iso_offset = 1e-5
+    return Preprocessing(
+        MUONS,
+        (
+            # conditioning
+            ("MGenMuon_pt", Log()),
+            *_each(("MClosestJet_pt", "MClosestJet_mass"), Log1p()),
+            ("Pileup_sumEOOT", Log1p() if sum_eoot == "log1p" else Log()),
+            ("Pileup_sumLOOT", Log1p()),
+            # targets: clipping first
+            ("MMuon_dxyErr", Clip(None, 1.0)),
+            ("MMuon_dz", Clip(-20.0, 20.0)),
+            ("MMuon_dzErr", Clip(None, 1.0)),
+            ("MMuon_ip3d", Clip(None, 1.0)),
+            ("MMuon_jetPtRelv2", Clip(None, 200.0)),
+            ("MMuon_jetRelIso", Clip(None, 100.0)),
+            ("MMuon_pfRelIso03_all", Clip(None, 100.0)),
+            ("MMuon_pfRelIso03_chg", Clip(None, 40.0)),
+            ("MMuon_pfRelIso04_all", Clip(None, 70.0)),
+            ("MMuon_ptErr", Clip(None, 300.0)),
+            ("MMuon_sip3d", Clip(None, 1000.0)),
+            # then the maps
+            ("MMuon_etaMinusGen", Arctan(100.0)),
+            ("MMuon_phiMinusGen", Arctan(80.0)),
+            ("MMuon_ptRatio", Arctan(10.0, 1.0)),
+            ("MMuon_dxy", Arctan(150.0)),
+            ("MMuon_dxyErr", Log1p()),
+            ("MMuon_dz", Arctan(50.0)),
+            *_each(
+                ("MMuon_dzErr", "MMuon_ip3d", "MMuon_jetPtRelv2", "MMuon_ptErr"), Log(log_offset)
+            ),
+            ("MMuon_jetRelIso", Log(0.08)),
+            *_each(
+                ("MMuon_pfRelIso03_all", "MMuon_pfRelIso03_chg", "MMuon_pfRelIso04_all"),
+                Log(iso_offset),
+            ),
+            ("MMuon_sip3d", Log1p()),
+            # smear the spikes of zeros left by the logs
+            (
+                "MMuon_jetPtRelv2",
+                SmearSpike(-4.0, -6.9, 1.0, fill=float(np.log(log_offset))),
+            ),
+            *_each(
+                ("MMuon_pfRelIso03_all", "MMuon_pfRelIso03_chg", "MMuon_pfRelIso04_all"),
+                SmearSpike(-7.5, -11.51, 1.0, fill=float(np.log(iso_offset))),
+            ),
+            *_each(
+                (
+                    "MMuon_isGlobal",
+                    "MMuon_isPFcand",
+                    "MMuon_isTracker",
+                    "MMuon_mediumId",
+                    "MMuon_softId",
+                    "MMuon_softMvaId",
+                ),
+                Dequantize(0.1),
+            ),
+        ),
+    )
+
+
+MUON_PREPROCESSING = muon_preprocessing()
+
+PREPROCESSING: dict[str, Preprocessing] = {"jets": JET_PREPROCESSING, "muons": MUON_PREPROCESSING}

@@ -1,0 +1,282 @@
+"""Streaming store writers: zarr v3, webdataset and HDF5 (the original FlashSim format).
+
+All three share one interface (:class:`StoreWriter`): rows arrive in blocks of any
+size through :meth:`~StoreWriter.append`, are buffered up to ``chunk_rows`` and written
+as whole-row chunks, so memory stays bounded by one chunk per split whatever the
+input size. :meth:`~StoreWriter.close` writes the metadata and, through
+:func:`flashsim.store.atomic_output`, moves the store to its final name; an
+exception inside the ``with`` block leaves nothing under that name.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "jets.zarr"
+>>> with open_writer(out, "zarr", n_columns=31, chunk_rows=4) as w:
+...     w.append("train", np.ones((10, 31), np.float32))
+...     w.append("val", np.zeros((3, 31), np.float32))
+...     w.metadata = {"object": "jets"}
+>>> import zarr
+>>> zarr.open_group(out, mode="r")["train"].shape
+(10, 31)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from flashsim.layouts import DTYPE
+from flashsim.store import (
+    FORMAT_VERSION,
+    HDF5_SPLIT_DATASETS,
+    META_KEY,
+    SPLITS,
+    WDS_MANIFEST,
+    atomic_output,
+)
+
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+"""Target uncompressed chunk size (design: 1-8 MB of whole rows)."""
+
+DEFAULT_SHARD_CHUNKS = 8
+"""webdataset: chunks (samples) per tar shard, so even 2 M rows give several shards to split."""
+
+
+def default_chunk_rows(n_columns: int) -> int:
+    """Rows per chunk: the power of two nearest to 4 MiB of float32 rows (32768 for jets)."""
+    rows = DEFAULT_CHUNK_BYTES / (n_columns * DTYPE.itemsize)
+    return int(2 ** round(np.log2(rows)))
+
+
+class StoreWriter:
+    """Base class: buffers rows per split and hands whole chunks to ``_write_chunk``.
+
+    Subclasses implement ``_open``, ``_write_chunk(split, rows)`` and ``_finish``.
+    ``metadata`` must be set (a dict) before the writer is closed.
+    """
+
+    format: str = ""
+
+    def __init__(self, path: Path, n_columns: int, chunk_rows: int | None = None) -> None:
+        self.path = path
+        self.n_columns = n_columns
+        self.chunk_rows = chunk_rows or default_chunk_rows(n_columns)
+        self.metadata: dict | None = None
+        self.rows = dict.fromkeys(SPLITS, 0)
+        self._pending: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        self._pending_rows = dict.fromkeys(SPLITS, 0)
+        self._open()
+
+    def append(self, split: str, rows: np.ndarray) -> None:
+        """Add ``rows`` (``(n, n_columns)``, cast to float32) to ``split``."""
+        if rows.ndim != 2 or rows.shape[1] != self.n_columns:
+            raise ValueError(f"expected rows of shape (n, {self.n_columns}), got {rows.shape}")
+        if len(rows) == 0:
+            return
+        self._pending[split].append(np.ascontiguousarray(rows, dtype=DTYPE))
+        self._pending_rows[split] += len(rows)
+        if self._pending_rows[split] >= self.chunk_rows:
+            self._flush(split, final=False)
+
+    def _flush(self, split: str, final: bool) -> None:
+        if not self._pending[split]:
+            return
+        block = np.concatenate(self._pending[split])
+        n_full = len(block) // self.chunk_rows * self.chunk_rows
+        cut = len(block) if final else n_full
+        for start in range(0, cut, self.chunk_rows):
+            chunk = block[start : min(start + self.chunk_rows, cut)]
+            self._write_chunk(split, chunk)
+            self.rows[split] += len(chunk)
+        rest = block[cut:]
+        self._pending[split] = [rest] if len(rest) else []
+        self._pending_rows[split] = len(rest)
+
+    def close(self) -> None:
+        """Flush the partial last chunks and write the metadata."""
+        for split in SPLITS:
+            self._flush(split, final=True)
+        if self.metadata is None:
+            raise RuntimeError("StoreWriter.metadata must be set before close()")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            **self.metadata,
+            "format": self.format,
+            "rows": dict(self.rows),
+            "chunk_rows": self.chunk_rows,
+        }
+        self._finish(meta)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _write_chunk(self, split: str, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self, meta: dict) -> None:
+        raise NotImplementedError
+
+
+class ZarrWriter(StoreWriter):
+    """zarr v3 group with arrays ``train``/``val`` of shape (N, n_columns), chunks of
+    ``chunk_rows`` whole rows, Blosc-LZ4 with byte shuffle (fast to decode)."""
+
+    format = "zarr"
+
+    def _open(self) -> None:
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        self._group = zarr.open_group(self.path, mode="w", zarr_format=3)
+        codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=DTYPE.itemsize)
+        self._arrays = {
+            split: self._group.create_array(
+                split,
+                shape=(0, self.n_columns),
+                chunks=(self.chunk_rows, self.n_columns),
+                dtype=DTYPE,
+                compressors=codec,
+                fill_value=0.0,
+            )
+            for split in SPLITS
+        }
+
+    def _write_chunk(self, split: str, rows: np.ndarray) -> None:
+        arr = self._arrays[split]
+        start = arr.shape[0]
+        arr.resize((start + len(rows), self.n_columns))
+        arr[start:] = rows
+
+    def _finish(self, meta: dict) -> None:
+        self._group.attrs[META_KEY] = meta
+
+
+class WebDatasetWriter(StoreWriter):
+    """Directory of tar shards ``{split}-{k:06d}.tar``; each sample is one chunk of rows
+    (key ``{split}-{i:08d}``, a single ``rows.npy`` of shape (n, n_columns)), never one
+    row per file. ``manifest.json`` lists shards with their samples' row counts."""
+
+    format = "webdataset"
+
+    def __init__(self, *args, shard_chunks: int = DEFAULT_SHARD_CHUNKS, **kwargs) -> None:
+        self.shard_chunks = shard_chunks
+        super().__init__(*args, **kwargs)
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True)
+        self._shards: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self._tars: dict[str, object] = {}
+        self._samples = dict.fromkeys(SPLITS, 0)
+
+    def _write_chunk(self, split: str, rows: np.ndarray) -> None:
+        import webdataset as wds
+
+        shards = self._shards[split]
+        if not shards or len(shards[-1]["sample_rows"]) >= self.shard_chunks:
+            if split in self._tars:
+                self._tars[split].close()
+            name = f"{split}-{len(shards):06d}.tar"
+            self._tars[split] = wds.TarWriter(str(self.path / name))
+            shards.append({"name": name, "sample_rows": []})
+        key = f"{split}-{self._samples[split]:08d}"
+        self._tars[split].write({"__key__": key, "rows.npy": rows})
+        shards[-1]["sample_rows"].append(len(rows))
+        self._samples[split] += 1
+
+    def _finish(self, meta: dict) -> None:
+        for tar in self._tars.values():
+            tar.close()
+        manifest = {
+            META_KEY: meta,
+            "splits": {
+                split: {"rows": self.rows[split], "shards": self._shards[split]} for split in SPLITS
+            },
+        }
+        (self.path / WDS_MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+class HDF5Writer(StoreWriter):
+    """The original FlashSim HDF5 format: dataset ``data`` (train rows) and ``val``,
+    float32 (N, n_columns), chunked by whole rows; metadata as a JSON file attribute."""
+
+    format = "hdf5"
+
+    def _open(self) -> None:
+        import h5py
+
+        self._file = h5py.File(self.path, "w")
+        self._dsets = {
+            split: self._file.create_dataset(
+                HDF5_SPLIT_DATASETS[split],
+                shape=(0, self.n_columns),
+                maxshape=(None, self.n_columns),
+                chunks=(min(self.chunk_rows, 8192), self.n_columns),
+                dtype=DTYPE,
+            )
+            for split in SPLITS
+        }
+
+    def _write_chunk(self, split: str, rows: np.ndarray) -> None:
+        ds = self._dsets[split]
+        start = ds.shape[0]
+        ds.resize(start + len(rows), axis=0)
+        ds[start:] = rows
+
+    def _finish(self, meta: dict) -> None:
+        self._file.attrs[META_KEY] = json.dumps(meta)
+        self._file.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
+
+
+WRITERS: dict[str, type[StoreWriter]] = {
+    w.format: w for w in (ZarrWriter, WebDatasetWriter, HDF5Writer)
+}
+
+
+@contextlib.contextmanager
+def open_writer(
+    path: str | os.PathLike,
+    fmt: str,
+    n_columns: int,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Iterator[StoreWriter]:
+    """Open a ``fmt`` writer whose store appears at ``path`` only when the block succeeds.
+
+    Set ``writer.metadata`` inside the block. On an exception the partial store is
+    removed and an existing store at ``path`` is left untouched.
+    """
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        writer = WRITERS[fmt](tmp, n_columns, chunk_rows)
+        try:
+            yield writer
+            writer.close()
+        except BaseException:
+            if isinstance(writer, HDF5Writer):
+                writer.abort()
+            raise
+
+
+def write_store(
+    path: str | os.PathLike,
+    fmt: str,
+    splits: dict[str, np.ndarray],
+    metadata: dict,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write in-memory ``{"train": rows, "val": rows}`` as one store (tests, benchmarks)."""
+    n_columns = next(iter(splits.values())).shape[1]
+    with open_writer(path, fmt, n_columns, chunk_rows, overwrite) as writer:
+        for split, rows in splits.items():
+            writer.append(split, rows)
+        writer.metadata = metadata
+    return Path(path)
