@@ -1,0 +1,208 @@
+"""``flashsim prep`` and ``flashsim info``: thin wrappers over :func:`pipelines.prep.prep`
+and :func:`pipelines.store_info.describe_store`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+import click
+
+from flashsim.store import DEFAULT_DATA_DIR, FORMATS
+
+
+class _ClickHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.secho(f"Warning: {record.getMessage()}", fg="yellow", err=True)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    logger = logging.getLogger("flashsim.prep")
+    handler = _ClickHandler(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_DATA_DIR),
+    help="Directory of the stores (train and bench-loader read shards/ by default).",
+)
+@click.option(
+    "--objects",
+    default=None,
+    show_default=False,
+    help="Comma-separated objects to prepare. [default: jets,muons; HDF5 inputs: the "
+    "objects the files hold]",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    default=("zarr",),
+    help=f"Store format, repeatable or comma-separated: {', '.join(FORMATS)}. All are "
+    "written in one pass.",
+)
+@click.option("--seed", default=0, type=int, help="Seeds the dequantization noise and the split.")
+@click.option(
+    "--val-rows",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Validation rows per object. [default: 100000 for objects with >= 1M rows, else 10 %]",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Validation fraction per object (instead of --val-rows).",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per store chunk. [default: ~4 MiB of rows: 32768 jets, 16384 muons]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes (or Dask workers with --dask-scheduler local); same rows for any N.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing stores.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail instead of using built-in substitutes for missing branches.",
+)
+@click.option(
+    "--gen-muons",
+    type=click.Choice(["final-state", "all"]),
+    default="final-state",
+    help="Gen muons near jets: final-state (|pdgId| 13, status 1) or all |pdgId| 13 (original).",
+)
+@click.option(
+    "--sum-eoot",
+    type=click.Choice(["log1p", "log"]),
+    default="log1p",
+    help="Pileup_sumEOOT transform; log reproduces the original (rows with 0 dropped, counted).",
+)
+@click.option(
+    "--branch-map",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='JSON file {"Jet_puId": "Jet_puIdDisc", "Jet_qgl": -1, ...} for branches the input lacks.',
+)
+@click.option(
+    "--branch",
+    "branch_options",
+    multiple=True,
+    metavar="NAME=SOURCE",
+    help="Read branch NAME from branch SOURCE, or set it to a constant (repeatable).",
+)
+@click.option(
+    "--dask-scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the per-file tasks on a Dask cluster (tcp://host:8786), or 'local'. "
+    "--out must be on a file system the workers share.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+def prep(
+    inputs,
+    out_dir,
+    objects,
+    formats,
+    seed,
+    val_rows,
+    val_fraction,
+    chunk_rows,
+    workers,
+    overwrite,
+    strict,
+    gen_muons,
+    sum_eoot,
+    branch_map,
+    branch_options,
+    dask_scheduler,
+    quiet,
+):
+    """Turn NanoAOD ROOT (or FlashSim HDF5) files into chunked training stores.
+
+    INPUT is a file, a glob, a directory or a .txt list of paths. For each object
+    (jets: 31 columns, muons: 52) prep matches reconstructed to generator-level
+    objects, computes the features, applies the preprocessing, drops rows with NaN/inf
+    (counted), splits train/val (seeded) and writes OUT/jets.zarr, OUT/muons.zarr (or
+    -wds/, .h5) with their metadata. Missing branches of older NanoAODs get documented
+    substitutes (a warning lists them; --strict forbids them); see docs/prep.md.
+
+    \b
+    Examples:
+      flashsim prep ttbar.root --out shards/
+      flashsim prep 'data/*.root' --format zarr --format hdf5 --workers 4
+      flashsim prep files.txt --branch Jet_puId=-1 --branch-map newer_nano.json
+      flashsim prep big/ --dask-scheduler tcp://scheduler:8786
+    """
+    from pipelines.branches import load_branch_map, parse_branch_option
+    from pipelines.prep import prep as run_prep
+
+    mapping = dict(load_branch_map(branch_map)) if branch_map else {}
+    mapping.update(parse_branch_option(text) for text in branch_options)
+    with _warnings_to_stderr():
+        summary = run_prep(
+            inputs,
+            out_dir,
+            objects=_split_commas((objects,)) if objects else None,
+            formats=_split_commas(formats),
+            seed=seed,
+            val_rows=val_rows,
+            val_fraction=val_fraction,
+            chunk_rows=chunk_rows,
+            workers=workers,
+            overwrite=overwrite,
+            strict=strict,
+            branch_map=mapping,
+            gen_muons=gen_muons,
+            sum_eoot=sum_eoot,
+            dask_scheduler=dask_scheduler,
+            progress=not quiet,
+        )
+    if not quiet:
+        click.echo(str(summary))
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
+@click.option("--no-stats", is_flag=True, help="Skip the per-column min/mean/max (a full read).")
+def info(store, as_json, no_stats):
+    """Show a store's metadata and per-column min/mean/max.
+
+    STORE is a store written by flashsim prep (shards/jets.zarr, shards/muons-wds,
+    shards/jets.h5). Statistics are computed chunk by chunk over train and val.
+
+    \b
+    Example:
+      flashsim info shards/jets.zarr
+    """
+    from flashsim.store import read_metadata
+    from pipelines.store_info import describe_store
+
+    if as_json:
+        click.echo(json.dumps(read_metadata(store), indent=1))
+    else:
+        click.echo(describe_store(store, stats=not no_stats))

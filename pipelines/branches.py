@@ -1,0 +1,528 @@
+"""Which NanoAOD branches each object needs, and how a missing one is substituted.
+
+Feature extraction (:mod:`pipelines.features`) only ever sees *canonical* branch
+names (``Jet_btagDeepC``, ``Muon_dxy``, ...). A :class:`BranchPlan`, resolved once
+per input file by :func:`resolve_branches`, says how each canonical branch is
+obtained in that file:
+
+* read as is (the normal case);
+* renamed or replaced by a constant, by the user (``--branch NAME=SOURCE``,
+  ``--branch-map FILE.json``);
+* a built-in substitute for branches older NanoAODs lack (:data:`BUILTIN_SUBSTITUTES`):
+  ``Jet_btagDeepC`` and ``Jet_btagDeepFlavC`` derived from B and CvB, ``Jet_btagCMVA``
+  a constant -1.
+
+Anything else missing is reported in one :class:`~flashsim.errors.InputError`
+naming every missing branch and the options that supply them.
+
+Examples
+--------
+>>> from pipelines.branches import resolve_branches, required_branches
+>>> have = set(required_branches("jets")) - {"Jet_btagDeepC"} | {"Jet_btagDeepCvB"}
+>>> plan = resolve_branches(have, ["jets"], path="old.root")
+>>> [s.branch for s in plan.substitutions]
+['Jet_btagDeepC']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+
+from flashsim.errors import InputError
+from flashsim.layouts import JETS, MUONS
+
+# ---------------------------------------------------------------------------
+# What each object reads. Value branches are copied into one layout column each;
+# the rest are kinematics and matching indices that several features use.
+# ---------------------------------------------------------------------------
+
+JET_VALUE_BRANCHES: dict[str, str] = {
+    "MJet_area": "Jet_area",
+    "MJet_btagCMVA": "Jet_btagCMVA",
+    "MJet_btagCSVV2": "Jet_btagCSVV2",
+    "MJet_btagDeepB": "Jet_btagDeepB",
+    "MJet_btagDeepC": "Jet_btagDeepC",
+    "MJet_btagDeepFlavB": "Jet_btagDeepFlavB",
+    "MJet_btagDeepFlavC": "Jet_btagDeepFlavC",
+    "MJet_bRegCorr": "Jet_bRegCorr",
+    "MJet_nConstituents": "Jet_nConstituents",
+    "MJet_qgl": "Jet_qgl",
+    "MJet_muEF": "Jet_muEF",
+    "MJet_puId": "Jet_puId",
+    "MJet_jetId": "Jet_jetId",
+}
+"""Jet target column -> ``Jet_*`` branch copied for each matched jet."""
+
+GENJET_VALUE_BRANCHES: dict[str, str] = {
+    "MGenJet_eta": "GenJet_eta",
+    "MGenJet_mass": "GenJet_mass",
+    "MGenJet_phi": "GenJet_phi",
+    "MGenJet_pt": "GenJet_pt",
+    "MGenJet_partonFlavour": "GenJet_partonFlavour",
+    "MGenJet_hadronFlavour": "GenJet_hadronFlavour",
+}
+"""Jet conditioning column -> ``GenJet_*`` branch of the matched GenJet."""
+
+MUON_VALUE_BRANCHES: dict[str, str] = {
+    f"MMuon_{v}": f"Muon_{v}"
+    for v in (
+        "dxy",
+        "dxyErr",
+        "dz",
+        "dzErr",
+        "ip3d",
+        "isGlobal",
+        "isPFcand",
+        "isTracker",
+        "jetPtRelv2",
+        "jetRelIso",
+        "mediumId",
+        "pfRelIso03_all",
+        "pfRelIso03_chg",
+        "pfRelIso04_all",
+        "ptErr",
+        "sip3d",
+        "softId",
+        "softMva",
+        "softMvaId",
+    )
+}
+"""Muon target column -> ``Muon_*`` branch copied for each matched muon."""
+
+PILEUP_BRANCHES: dict[str, str] = {c: c for c in MUONS.columns if c.startswith("Pileup_")}
+"""Muon conditioning column -> event-level ``Pileup_*`` branch (repeated per muon)."""
+
+JET_KINEMATICS = ("Jet_genJetIdx", "Jet_eta", "Jet_phi", "Jet_pt", "Jet_mass")
+MUON_KINEMATICS = ("Muon_genPartIdx", "Muon_eta", "Muon_phi", "Muon_pt")
+GENJET_KINEMATICS = ("GenJet_eta", "GenJet_phi", "GenJet_pt", "GenJet_mass")
+GENPART_KINEMATICS = ("GenPart_eta", "GenPart_phi", "GenPart_pt", "GenPart_pdgId")
+
+GEN_MUON_DEFINITIONS = ("final-state", "all")
+"""``final-state``: |pdgId| == 13 and status == 1 (default); ``all``: every |pdgId| == 13
+(the original FlashSim definition, which also counts hard-process copies)."""
+
+
+def required_branches(obj: str, gen_muons: str = "final-state") -> tuple[str, ...]:
+    """Canonical branches object ``obj`` (``"jets"`` or ``"muons"``) needs, in a fixed order."""
+    if obj == "jets":
+        status = ("GenPart_status",) if gen_muons == "final-state" else ()
+        return (
+            *JET_KINEMATICS,
+            *GENJET_VALUE_BRANCHES.values(),
+            *GENPART_KINEMATICS,
+            *status,
+            *JET_VALUE_BRANCHES.values(),
+        )
+    if obj == "muons":
+        return (
+            *MUON_KINEMATICS,
+            *GENPART_KINEMATICS,
+            "GenPart_statusFlags",
+            *GENJET_KINEMATICS,
+            *PILEUP_BRANCHES.values(),
+            *MUON_VALUE_BRANCHES.values(),
+        )
+    raise ValueError(f"unknown object {obj!r}")
+
+
+_VALUE_COLUMNS: dict[str, str] = {
+    b: c
+    for table in (JET_VALUE_BRANCHES, GENJET_VALUE_BRANCHES, MUON_VALUE_BRANCHES, PILEUP_BRANCHES)
+    for c, b in table.items()
+}
+"""Value branch -> the layout column it fills."""
+
+CONSTANT_ALLOWED = frozenset(
+    (*JET_VALUE_BRANCHES.values(), *MUON_VALUE_BRANCHES.values(), *PILEUP_BRANCHES.values())
+)
+"""Branches a constant may replace (per-object or per-event values, not kinematics or indices)."""
+
+KNOWN_BRANCHES = frozenset(
+    b for obj in ("jets", "muons") for g in GEN_MUON_DEFINITIONS for b in required_branches(obj, g)
+)
+
+
+def column_of(branch: str) -> str | None:
+    """The layout column a value branch fills (``Jet_qgl`` -> ``MJet_qgl``), else ``None``."""
+    return _VALUE_COLUMNS.get(branch)
+
+
+def is_target(branch: str) -> bool:
+    """True when ``branch`` fills a target (reconstructed) column."""
+    col = column_of(branch)
+    if col is None:
+        return False
+    layout = JETS if col in JETS.columns else MUONS
+    return layout.index(col) >= layout.n_conditioning
+
+
+# ---------------------------------------------------------------------------
+# Sources: how one canonical branch is obtained in one file.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """How canonical ``branch`` is obtained: read ``reads`` and combine them.
+
+    ``constant`` set: every object gets this value. ``derive`` set: the name of a
+    function in :data:`DERIVATIONS` applied to the ``reads`` arrays. Otherwise the
+    single branch in ``reads`` is used as is (a rename when it differs from ``branch``).
+    ``origin`` is ``"file"``, ``"builtin"`` (a documented substitute) or ``"user"``.
+    """
+
+    branch: str
+    reads: tuple[str, ...] = ()
+    constant: float | None = None
+    derive: str | None = None
+    origin: str = "file"
+    description: str = ""
+
+    @property
+    def is_substitution(self) -> bool:
+        return self.origin != "file"
+
+    def to_dict(self) -> dict:
+        return {
+            "branch": self.branch,
+            "column": column_of(self.branch),
+            "origin": self.origin,
+            "substitute": self.description,
+            "reads": list(self.reads),
+            "constant": self.constant,
+        }
+
+
+def c_from_cvb(b: ak.Array, cvb: ak.Array) -> ak.Array:
+    """Charm score from the b score and the C-vs-B ratio: ``C = CvB * B / (1 - CvB)``.
+
+    ``CvB = C / (C + B)``, so ``C = CvB * B / (1 - CvB)``. Failed inputs (negative
+    NanoAOD defaults such as -1) and ``CvB >= 1`` (C undetermined) give -1, the
+    NanoAOD "failed" value, which preprocessing then treats like any failed score.
+    """
+    b64 = ak.values_astype(b, np.float64)
+    cvb64 = ak.values_astype(cvb, np.float64)
+    ok = (b64 >= 0) & (cvb64 >= 0) & (cvb64 < 1)
+    denom = ak.where(ok, 1.0 - cvb64, 1.0)
+    return ak.where(ok, cvb64 * b64 / denom, -1.0)
+
+
+DERIVATIONS = {"c_from_cvb": c_from_cvb}
+
+CMVA_SUBSTITUTE_VALUE = -1.0
+
+BUILTIN_SUBSTITUTES: dict[str, Source] = {
+    "Jet_btagDeepC": Source(
+        "Jet_btagDeepC",
+        reads=("Jet_btagDeepB", "Jet_btagDeepCvB"),
+        derive="c_from_cvb",
+        origin="builtin",
+        description="derived: CvB*B/(1-CvB) from Jet_btagDeepB and Jet_btagDeepCvB "
+        "(-1 where an input failed or CvB >= 1)",
+    ),
+    "Jet_btagDeepFlavC": Source(
+        "Jet_btagDeepFlavC",
+        reads=("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvB"),
+        derive="c_from_cvb",
+        origin="builtin",
+        description="derived: CvB*B/(1-CvB) from Jet_btagDeepFlavB and Jet_btagDeepFlavCvB "
+        "(-1 where an input failed or CvB >= 1)",
+    ),
+    "Jet_btagCMVA": Source(
+        "Jet_btagCMVA",
+        constant=CMVA_SUBSTITUTE_VALUE,
+        origin="builtin",
+        description="constant -1 (cMVAv2 is not in this NanoAOD; -1 is NanoAOD's "
+        "'not available' value), dequantized with +0.1*N(0,1) like jetId",
+    ),
+}
+"""Documented substitutes for branches older NanoAODs lack (see docs/prep.md)."""
+
+
+MAPPABLE_BRANCHES = KNOWN_BRANCHES | {r for s in BUILTIN_SUBSTITUTES.values() for r in s.reads}
+"""Branches a user mapping may name: those prep reads and the inputs of the substitutes."""
+
+
+# ---------------------------------------------------------------------------
+# User mappings (--branch NAME=SOURCE, --branch-map FILE.json)
+# ---------------------------------------------------------------------------
+
+_COLUMN_TO_BRANCH = {c: b for b, c in _VALUE_COLUMNS.items()}
+
+
+def _canonical_key(key: str) -> str:
+    if key in MAPPABLE_BRANCHES:
+        return key
+    if key in _COLUMN_TO_BRANCH:  # a layout column name, e.g. MJet_puId
+        return _COLUMN_TO_BRANCH[key]
+    raise InputError(
+        f"Unknown branch {key!r} in the branch mapping. Map one of the NanoAOD branches "
+        f"flashsim reads, e.g. {', '.join(sorted(CONSTANT_ALLOWED)[:4])}, ... "
+        "(docs/prep.md lists them all), or a layout column such as MJet_puId."
+    )
+
+
+def _parse_value(key: str, value: object) -> str | float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InputError(
+            f"The mapping of {key!r} must be a branch name or a number, not {value!r}."
+        )
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            if not text:
+                raise InputError(f"The mapping of {key!r} is empty.") from None
+            return text
+    if not math.isfinite(float(value)):
+        raise InputError(f"The constant for {key!r} must be finite, not {value!r}.")
+    return float(value)
+
+
+def normalize_branch_map(mapping: Mapping[str, object] | None) -> dict[str, str | float]:
+    """Validate a user mapping ``{branch or column: branch name or number}``.
+
+    Keys may be canonical branch names (``Jet_puId``) or layout columns
+    (``MJet_puId``); values a branch name of the input file or a constant.
+    Constants are only allowed for value branches, not kinematics or indices; a
+    per-object branch must come from the same collection (``Jet_*`` from ``Jet_*``).
+    """
+    out: dict[str, str | float] = {}
+    for key, value in (mapping or {}).items():
+        branch = _canonical_key(str(key))
+        parsed = _parse_value(str(key), value)
+        if isinstance(parsed, float) and branch not in CONSTANT_ALLOWED:
+            raise InputError(
+                f"{branch} cannot be a constant: it is a kinematic or matching branch. "
+                "Map it to another branch name instead."
+            )
+        collection = branch.split("_", 1)[0] + "_"
+        if (
+            isinstance(parsed, str)
+            and collection != "Pileup_"
+            and not parsed.startswith(collection)
+        ):
+            raise InputError(
+                f"{branch} can only be mapped to another {collection} branch (the same objects "
+                f"in each event), not {parsed!r}; or, for a value branch, to a constant."
+            )
+        out[branch] = parsed
+    return out
+
+
+def load_branch_map(path: str | os.PathLike) -> dict[str, str | float]:
+    """Read a ``--branch-map`` JSON file: an object ``{"Jet_puId": "Jet_puIdDisc", "Jet_qgl": -1}``."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"Branch map {p} does not exist.") from None
+    except (OSError, ValueError) as err:
+        raise InputError(
+            f"Branch map {p} is not valid JSON ({err}). Write an object such as "
+            '{"Jet_puId": "Jet_puIdDisc", "Jet_qgl": -1}.'
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"Branch map {p} must hold a JSON object mapping branch -> source.")
+    return normalize_branch_map(data)
+
+
+def parse_branch_option(text: str) -> tuple[str, str | float]:
+    """Parse one ``--branch NAME=SOURCE`` (``Jet_puId=Jet_puIdDisc``, ``Jet_qgl=-1``)."""
+    name, sep, source = text.partition("=")
+    if not sep or not name.strip():
+        raise InputError(
+            f"--branch {text!r} is not NAME=SOURCE; write e.g. --branch Jet_puId=Jet_puIdDisc "
+            "or --branch Jet_qgl=-1."
+        )
+    return next(iter(normalize_branch_map({name.strip(): source}).items()))
+
+
+# ---------------------------------------------------------------------------
+# Resolution per file
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """How every canonical branch of the requested objects is obtained in one file."""
+
+    sources: dict[str, Source] = field(default_factory=dict)
+
+    @property
+    def reads(self) -> list[str]:
+        """File branches to read, sorted."""
+        return sorted({b for s in self.sources.values() for b in s.reads})
+
+    @property
+    def substitutions(self) -> list[Source]:
+        return [s for s in self.sources.values() if s.is_substitution]
+
+
+_GEN_MARKERS = ("GenJet_", "GenPart_")
+
+
+def _missing_message(path: str, missing: Iterable[str]) -> str:
+    lines = []
+    for b in missing:
+        sub = BUILTIN_SUBSTITUTES.get(b)
+        hint = f" (or {' and '.join(sub.reads)} to derive it)" if sub and sub.derive else ""
+        lines.append(f"{b}{hint}")
+    return f"{path}: {', '.join(lines)}"
+
+
+class MissingBranches(InputError):
+    """Raised with every missing branch of one file; prep merges these across files."""
+
+    def __init__(self, path: str, missing: list[str], strict_blocked: list[str]) -> None:
+        self.path = path
+        self.missing = missing
+        self.strict_blocked = strict_blocked
+        super().__init__(format_missing([self]))
+
+    def __reduce__(self):  # picklable across processes despite the custom __init__
+        return (MissingBranches, (self.path, self.missing, self.strict_blocked))
+
+
+def format_missing(errors: list[MissingBranches]) -> str:
+    """One paragraph naming every missing branch of every file and how to supply them."""
+    missing = [e for e in errors if e.missing]
+    blocked = [e for e in errors if e.strict_blocked]
+    parts = []
+    if missing:
+        names = sorted({b for e in missing for b in e.missing})
+        example = names[0]
+        const_ok = [n for n in names if n in CONSTANT_ALLOWED]
+        parts.append(
+            "Input NanoAOD lacks branches flashsim needs and knows no substitute for: "
+            + "; ".join(_missing_message(e.path, e.missing) for e in missing)
+            + f". Supply each one with --branch NAME=SOURCE (another branch of the file, "
+            f"e.g. --branch {example}=OTHER_BRANCH"
+            + (f", or a constant, e.g. --branch {const_ok[0]}=-1" if const_ok else "")
+            + ") or all at once with --branch-map FILE.json "
+            '({"NAME": "SOURCE_BRANCH" or number, ...}); docs/prep.md lists the branches.'
+        )
+    if blocked:
+        names = sorted({b for e in blocked for b in e.strict_blocked})
+        subs = "; ".join(f"{n}: {BUILTIN_SUBSTITUTES[n].description}" for n in names)
+        parts.append(
+            "--strict forbids the built-in substitutes these inputs need ("
+            + "; ".join(f"{e.path}: {', '.join(e.strict_blocked)}" for e in blocked)
+            + f"). Without --strict they would be: {subs}. Drop --strict to accept them, or "
+            "map the branches explicitly with --branch/--branch-map."
+        )
+    return " ".join(parts)
+
+
+def _through(sub: Source, user: Mapping[str, str | float]) -> Source:
+    """A built-in substitute whose inputs the user renamed (e.g. DeepCvB -> DeepFlavCvB)."""
+    reads = tuple(user[r] if isinstance(user.get(r), str) else r for r in sub.reads)
+    if reads == sub.reads:
+        return sub
+    return replace(sub, reads=reads, description=f"{sub.description}; reading {', '.join(reads)}")
+
+
+def resolve_branches(
+    available: Iterable[str],
+    objects: Iterable[str],
+    *,
+    gen_muons: str = "final-state",
+    branch_map: Mapping[str, str | float] | None = None,
+    strict: bool = False,
+    path: str = "",
+) -> BranchPlan:
+    """Decide, for one file with branches ``available``, how each needed branch is read.
+
+    Precedence: the user's mapping, then the file's own branch, then a built-in
+    substitute (an error under ``strict``).
+
+    Raises:
+        InputError: the file has no generator-level branches (collision data).
+        MissingBranches: branches are missing with no substitute (or ``strict``).
+    """
+    have = set(available)
+    if not any(b.startswith(_GEN_MARKERS) for b in have):
+        raise InputError(
+            f"{path} has no generator-level branches (no GenJet_* or GenPart_*): this looks "
+            "like collision data. flashsim prep needs simulated NanoAOD, where each "
+            "reconstructed jet and muon is matched to its generator-level partner."
+        )
+    user = dict(branch_map or {})
+    needed: list[str] = []
+    for obj in objects:
+        needed += [b for b in required_branches(obj, gen_muons) if b not in needed]
+    sources: dict[str, Source] = {}
+    missing: list[str] = []
+    blocked: list[str] = []
+    for name in needed:
+        if name in user:
+            value = user[name]
+            if isinstance(value, float):
+                sources[name] = Source(
+                    name, constant=value, origin="user", description=f"constant {value:g} (user)"
+                )
+            elif value in have:
+                sources[name] = Source(
+                    name, reads=(value,), origin="user", description=f"branch {value} (user)"
+                )
+            else:
+                missing.append(f"{value} (mapped to {name} by the user)")
+        elif name in have:
+            sources[name] = Source(name, reads=(name,))
+        elif (
+            name in BUILTIN_SUBSTITUTES
+            and set(_through(BUILTIN_SUBSTITUTES[name], user).reads) <= have
+        ):
+            if strict:
+                blocked.append(name)
+            else:
+                sources[name] = _through(BUILTIN_SUBSTITUTES[name], user)
+        else:
+            missing.append(name)
+    if missing or blocked:
+        raise MissingBranches(path, missing, blocked)
+    return BranchPlan(sources)
+
+
+def _template(branch: str) -> str | None:
+    """The branch whose shape a constant of ``branch`` takes (``None``: one per event)."""
+    if branch.startswith("Jet_"):
+        return "Jet_pt"
+    if branch.startswith("Muon_"):
+        return "Muon_pt"
+    return None
+
+
+def materialize(
+    raw: Mapping[str, ak.Array], plan: BranchPlan, n_events: int
+) -> dict[str, ak.Array]:
+    """Canonical branches from one step of raw file arrays (``raw[name]`` for ``plan.reads``).
+
+    Returns ``{canonical name: array}``: jagged for per-object branches, one value per
+    event for ``Pileup_*``.
+    """
+    out: dict[str, ak.Array] = {}
+    later = []
+    for name, src in plan.sources.items():
+        if src.constant is not None:
+            later.append(src)
+        elif src.derive is not None:
+            out[name] = DERIVATIONS[src.derive](*(raw[b] for b in src.reads))
+        else:
+            out[name] = raw[src.reads[0]]
+    for src in later:  # constants take the shape of an already materialized branch
+        template = _template(src.branch)
+        if template is None:
+            out[src.branch] = np.full(n_events, src.constant, dtype=np.float64)
+        else:
+            out[src.branch] = ak.full_like(out[template], src.constant, dtype=np.float64)
+    return out

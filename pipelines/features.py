@@ -1,0 +1,287 @@
+"""Feature extraction: matched objects to raw (unpreprocessed) rows, fully vectorized.
+
+Input is one step of events as ``{canonical branch: awkward array}`` (see
+:func:`pipelines.branches.materialize`): per-object branches jagged (events x objects),
+``Pileup_*`` one value per event. Output is a float32 array ``(n_objects, n_columns)``
+in the column order of :mod:`flashsim.layouts`, with the definitions of
+``shared/spec/columns.md``:
+
+* jets: every ``Jet`` with ``0 <= Jet_genJetIdx < nGenJet``, paired with that GenJet;
+  closest and (true) second-closest gen muon within ΔR < 0.4 of the GenJet;
+* muons: every ``Muon`` with ``0 <= Muon_genPartIdx < nGenPart``, paired with that
+  GenPart; closest GenJet (over all GenJets of the event) within ΔR < 0.4.
+
+Δφ is wrapped to [-π, π). No Python loop runs over events or objects: each jagged
+branch becomes (counts, flat values) once, matching is index arithmetic on the flat
+arrays, and neighbour search builds every (reference, candidate) pair of each event
+at once and ranks them with one stable sort.
+
+Examples
+--------
+>>> import numpy as np
+>>> wrap_phi(np.array([np.pi, -np.pi, 3 * np.pi / 2]))
+array([-3.14159265, -3.14159265, -1.57079633])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import awkward as ak
+import numpy as np
+
+from flashsim.layouts import DTYPE, JETS, MUONS, Layout
+from pipelines.branches import (
+    GENJET_VALUE_BRANCHES,
+    JET_VALUE_BRANCHES,
+    MUON_VALUE_BRANCHES,
+    PILEUP_BRANCHES,
+)
+
+MAX_DR = 0.4
+"""A neighbour counts only when ΔR < MAX_DR (strictly)."""
+DEFAULT_DR = 0.5
+"""dr, deta and dphi of a missing neighbour (the original's default)."""
+DEFAULT_VALUE = 0.0
+"""pt (and mass) of a missing neighbour."""
+N_STATUS_BITS = 15
+
+_TWO_PI = 2.0 * np.pi
+_LEPTONS = (11, 13, 15)
+
+
+def wrap_phi(dphi):
+    """Wrap angles (radians, numpy or awkward) to [-π, π)."""
+    wrapped = dphi - _TWO_PI * np.floor((dphi + np.pi) / _TWO_PI)
+    # floor() can leave exactly +π after rounding; move it to -π
+    return wrapped - _TWO_PI * (wrapped >= np.pi)
+
+
+def _jagged(arr) -> tuple[np.ndarray, np.ndarray]:
+    """A jagged (events x objects) array as ``(counts per event, flat values)`` numpy arrays."""
+    counts = np.asarray(ak.num(arr, axis=1), dtype=np.int64)
+    return counts, np.asarray(ak.to_numpy(ak.flatten(arr, axis=1)))
+
+
+def _flat(arr) -> np.ndarray:
+    return _jagged(arr)[1]
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Index of each event's first object in the flat arrays."""
+    return np.cumsum(counts) - counts
+
+
+def _event_of(counts: np.ndarray) -> np.ndarray:
+    """Event index of each object of the flat arrays."""
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def nearest(
+    ref: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cand: tuple[np.ndarray, np.ndarray, np.ndarray],
+    extra: Mapping[str, np.ndarray],
+    n: int,
+    max_dr: float = MAX_DR,
+) -> list[dict[str, np.ndarray]]:
+    """The ``n`` nearest candidates (ΔR < ``max_dr``) of every reference object.
+
+    Args:
+        ref: ``(counts per event, eta, phi)`` of the reference objects (flat arrays).
+        cand: ``(counts per event, eta, phi)`` of the candidates, same events.
+        extra: more candidate values to report (flat, aligned with ``cand``), e.g. pt.
+        n: how many nearest neighbours.
+
+    Returns:
+        One dict per rank k (0: closest), arrays over all references: ``found`` (bool),
+        ``dr``, ``deta`` (ref − cand), ``dphi`` (ref − cand, wrapped) and the
+        ``extra`` fields; 0 where not found. Ties in ΔR keep the candidates' order.
+    """
+    ref_counts, ref_eta, ref_phi = ref
+    cand_counts, cand_eta, cand_phi = cand
+    ref_event = _event_of(ref_counts)
+    per_ref = cand_counts[ref_event]  # candidates facing each reference
+    pair_ref = np.repeat(np.arange(len(ref_event)), per_ref)
+    first_pair = _starts(per_ref)
+    pair_cand = (
+        _starts(cand_counts)[ref_event][pair_ref] + np.arange(len(pair_ref)) - first_pair[pair_ref]
+    )
+    deta = ref_eta[pair_ref] - cand_eta[pair_cand]
+    dphi = wrap_phi(ref_phi[pair_ref] - cand_phi[pair_cand])
+    dr = np.sqrt(deta**2 + dphi**2)
+    inside = np.flatnonzero(dr < max_dr)
+    # group by reference, nearest first; lexsort is stable, so ties keep candidate order
+    order = inside[np.lexsort((dr[inside], pair_ref[inside]))]
+    grouped = pair_ref[order]
+    position = np.arange(len(order))
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = grouped[1:] != grouped[:-1]
+    rank = position - np.maximum.accumulate(np.where(new_group, position, 0))
+    values = {"dr": dr, "deta": deta, "dphi": dphi}
+    ranks = []
+    for k in range(n):
+        pairs = order[rank == k]
+        refs = pair_ref[pairs]
+        out = {"found": np.zeros(len(ref_event), dtype=bool)}
+        out["found"][refs] = True
+        for name, arr in values.items():
+            out[name] = np.zeros(len(ref_event))
+            out[name][refs] = arr[pairs]
+        for name, arr in extra.items():
+            out[name] = np.zeros(len(ref_event))
+            out[name][refs] = arr[pair_cand[pairs]]
+        ranks.append(out)
+    return ranks
+
+
+def _neighbour_columns(rank: dict, prefix: str, fields: Mapping[str, float]) -> dict:
+    """Columns ``{prefix}{field}`` from one rank of :func:`nearest`, defaults where not found."""
+    return {
+        f"{prefix}{field}": np.where(rank["found"], rank[field], default)
+        for field, default in fields.items()
+    }
+
+
+def _assemble(layout: Layout, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    missing = set(layout.columns) ^ set(columns)
+    if missing:  # a programming error, never a user one
+        raise AssertionError(f"{layout.object} features mismatch the layout: {sorted(missing)}")
+    n = len(columns[layout.columns[0]])
+    out = np.empty((n, layout.n_columns), dtype=DTYPE)
+    for j, name in enumerate(layout.columns):
+        out[:, j] = columns[name]
+    return out
+
+
+class _Matched:
+    """Reconstructed objects matched to generator-level ones by an index branch.
+
+    ``index_branch`` (e.g. ``Jet_genJetIdx``) points into the collection whose
+    counts are ``gen_counts``; a reco object is matched when ``0 <= index < count``.
+    """
+
+    def __init__(self, ev: Mapping, index_branch: str, gen_counts: np.ndarray) -> None:
+        self.ev = ev
+        counts, index = _jagged(ev[index_branch])
+        event = _event_of(counts)
+        self.mask = (index >= 0) & (index < gen_counts[event])
+        self.counts = np.bincount(event[self.mask], minlength=len(counts))
+        self.gen_index = _starts(gen_counts)[event[self.mask]] + index[self.mask]
+
+    def reco(self, branch: str) -> np.ndarray:
+        """``branch`` (a reco collection's) of each matched object, float64."""
+        return _flat(self.ev[branch])[self.mask].astype(np.float64)
+
+    def gen(self, branch: str) -> np.ndarray:
+        """``branch`` (the generator collection's) of each matched object's partner."""
+        return _flat(self.ev[branch])[self.gen_index]
+
+
+def gen_muon_mask(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> ak.Array:
+    """Which GenParts are "gen muons": |pdgId| == 13, and status == 1 unless ``gen_muons="all"``."""
+    mask = abs(ev["GenPart_pdgId"]) == 13
+    if gen_muons == "final-state":
+        mask = mask & (ev["GenPart_status"] == 1)
+    elif gen_muons != "all":
+        raise ValueError(f"gen_muons must be 'final-state' or 'all', not {gen_muons!r}")
+    return mask
+
+
+def jet_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+    """Raw jet rows ``(n_matched_jets, 31)`` float32 of one step of events."""
+    genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
+    jets = _Matched(ev, "Jet_genJetIdx", genjet_counts)
+    columns = {col: jets.gen(b).astype(np.float64) for col, b in GENJET_VALUE_BRANCHES.items()}
+
+    part_counts, _ = _jagged(ev["GenPart_pdgId"])
+    is_muon = np.asarray(ak.to_numpy(ak.flatten(gen_muon_mask(ev, gen_muons), axis=1)))
+    muon_counts = np.bincount(_event_of(part_counts)[is_muon], minlength=len(part_counts))
+    muon = {v: _flat(ev[f"GenPart_{v}"])[is_muon].astype(np.float64) for v in ("eta", "phi", "pt")}
+    closest, second = nearest(
+        (jets.counts, columns["MGenJet_eta"], columns["MGenJet_phi"]),
+        (muon_counts, muon["eta"], muon["phi"]),
+        {"pt": muon["pt"]},
+        n=2,
+    )
+    neighbour_defaults = {
+        "dr": DEFAULT_DR,
+        "pt": DEFAULT_VALUE,
+        "deta": DEFAULT_DR,
+        "dphi": DEFAULT_DR,
+    }
+    columns.update(_neighbour_columns(closest, "MClosestMuon_", neighbour_defaults))
+    columns.update(_neighbour_columns(second, "MSecondClosestMuon_", neighbour_defaults))
+
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 gen mass/pt: inf/NaN, dropped later
+        columns["MJet_etaMinusGen"] = jets.reco("Jet_eta") - columns["MGenJet_eta"]
+        columns["MJet_phiMinusGen"] = wrap_phi(jets.reco("Jet_phi") - columns["MGenJet_phi"])
+        columns["MJet_ptRatio"] = jets.reco("Jet_pt") / columns["MGenJet_pt"]
+        columns["MJet_massRatio"] = jets.reco("Jet_mass") / columns["MGenJet_mass"]
+    columns.update({col: jets.reco(b) for col, b in JET_VALUE_BRANCHES.items()})
+    return _assemble(JETS, columns)
+
+
+def charge_from_pdg_id(pdg_id: np.ndarray) -> np.ndarray:
+    """Electric charge from the PDG id, physical sign: +13 (μ⁻) -> -1, -13 (μ⁺) -> +1.
+
+    Charged leptons (11, 13, 15) carry the opposite sign of their id; any other
+    particle a muon may be matched to (rare) gets ``sign(pdgId)``, right for charged
+    hadrons such as π⁺ (211).
+    """
+    pdg = np.asarray(pdg_id, dtype=np.int64)
+    sign = np.sign(pdg).astype(np.float64)
+    return np.where(np.isin(np.abs(pdg), _LEPTONS), -sign, sign)
+
+
+def status_bits(flags: np.ndarray, n_bits: int = N_STATUS_BITS) -> np.ndarray:
+    """Bits ``0..n_bits-1`` of integer ``flags`` as 0/1, shape ``(n, n_bits)``."""
+    flags = np.asarray(flags, dtype=np.int64)
+    return ((flags[:, None] >> np.arange(n_bits)) & 1).astype(np.float64)
+
+
+def muon_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+    """Raw muon rows ``(n_matched_muons, 52)`` float32 of one step of events.
+
+    ``gen_muons`` is accepted for symmetry with :func:`jet_features` and unused: a
+    muon's partner is ``GenPart[Muon_genPartIdx]`` whatever its status.
+    """
+    part_counts = np.asarray(ak.num(ev["GenPart_pt"], axis=1), dtype=np.int64)
+    muons = _Matched(ev, "Muon_genPartIdx", part_counts)
+    gen = {v: muons.gen(f"GenPart_{v}").astype(np.float64) for v in ("eta", "phi", "pt")}
+    columns = {
+        "MGenMuon_eta": gen["eta"],
+        "MGenMuon_phi": gen["phi"],
+        "MGenMuon_pt": gen["pt"],
+        "MGenMuon_charge": charge_from_pdg_id(muons.gen("GenPart_pdgId")),
+    }
+    bits = status_bits(muons.gen("GenPart_statusFlags"))
+    columns.update({f"MGenPart_statusFlags{k}": bits[:, k] for k in range(N_STATUS_BITS)})
+
+    genjet_counts, _ = _jagged(ev["GenJet_pt"])
+    genjet = {v: _flat(ev[f"GenJet_{v}"]).astype(np.float64) for v in ("eta", "phi", "pt", "mass")}
+    (closest,) = nearest(
+        (muons.counts, gen["eta"], gen["phi"]),
+        (genjet_counts, genjet["eta"], genjet["phi"]),
+        {"pt": genjet["pt"], "mass": genjet["mass"]},
+        n=1,
+    )
+    columns.update(
+        _neighbour_columns(
+            closest,
+            "MClosestJet_",
+            {"dr": DEFAULT_DR, "deta": DEFAULT_DR, "dphi": DEFAULT_DR, "pt": 0.0, "mass": 0.0},
+        )
+    )
+    for col, b in PILEUP_BRANCHES.items():  # event-level: repeated for each muon
+        columns[col] = np.repeat(np.asarray(ev[b], dtype=np.float64), muons.counts)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        columns["MMuon_etaMinusGen"] = muons.reco("Muon_eta") - gen["eta"]
+        columns["MMuon_phiMinusGen"] = wrap_phi(muons.reco("Muon_phi") - gen["phi"])
+        columns["MMuon_ptRatio"] = muons.reco("Muon_pt") / gen["pt"]
+    columns.update({col: muons.reco(b) for col, b in MUON_VALUE_BRANCHES.items()})
+    return _assemble(MUONS, columns)
+
+
+FEATURES = {"jets": jet_features, "muons": muon_features}
+"""Object name -> feature function ``(events, gen_muons) -> rows``."""

@@ -1,0 +1,701 @@
+"""``prep``: NanoAOD ROOT or FlashSim HDF5 files -> chunked zarr / webdataset / HDF5 stores.
+
+The orchestration behind ``flashsim prep``, callable from Python:
+
+1. expand and check every input, resolve NanoAOD branches (substitutes, user map),
+   and check that no target store exists (unless ``overwrite``): before any work;
+2. split the inputs into tasks (ranges of events) and run them in-process, in worker
+   processes (``workers``) or on a Dask cluster (``dask_scheduler``); each task spools
+   its preprocessed rows as ``.npy`` blocks in a temporary directory inside ``out_dir``;
+3. draw the validation rows (seeded) and stream every block, in input order, into the
+   writers of every requested format at once; stores are staged in the spool
+   directory and moved to their final names only when all of them are complete.
+
+Memory is bounded by one step of events (tasks) and one block plus one chunk per
+store (merge), whatever the number of events.
+
+Examples
+--------
+>>> from pipelines.prep import prep
+>>> summary = prep(["../shared/data/nano_dy.root"], "shards", formats=("zarr", "hdf5"))  # doctest: +SKIP
+>>> summary.objects["jets"].rows  # doctest: +SKIP
+{'train': 86, 'val': 9}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from flashsim import __version__
+from flashsim.errors import FlashSimError, InputError, StoreError
+from flashsim.layouts import OBJECTS, layout_for
+from flashsim.store import DEFAULT_DATA_DIR, FORMATS, atomic_output, store_path
+from flashsim.transforms import JET_PREPROCESSING, Dequantize, Preprocessing, muon_preprocessing
+from pipelines.branches import (
+    GEN_MUON_DEFINITIONS,
+    BranchPlan,
+    MissingBranches,
+    column_of,
+    format_missing,
+    is_target,
+    normalize_branch_map,
+    required_branches,
+    resolve_branches,
+)
+from pipelines.hdf5_input import HDF5Info, inspect_hdf5
+from pipelines.inputs import InputFile, expand_inputs, single_kind
+from pipelines.nanoaod import inspect_nanoaod
+from pipelines.split import ValSplit, check_val_options, val_row_count
+from pipelines.tasks import DEFAULT_STEP_EVENTS, DropCount, Task, TaskResult, run_task
+from pipelines.writers import open_writer
+
+log = logging.getLogger("flashsim.prep")
+
+STEPS_PER_TASK = 5
+"""Most steps per task: tasks are the unit of parallel work (and of progress with workers)."""
+SUM_EOOT_CHOICES = ("log1p", "log")
+SUBSTITUTE_DEQUANTIZE_SIGMA = 0.1
+
+
+# ---------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectSummary:
+    """Result for one object: matched objects, rows written per split, drops, stores."""
+
+    object: str
+    matched: int
+    rows: dict[str, int]
+    dropped: dict[str, DropCount]
+    stores: list[tuple[str, Path, int]] = field(default_factory=list)  # (format, path, bytes)
+
+    @property
+    def dropped_rows(self) -> int:
+        return sum(d.rows for d in self.dropped.values())
+
+
+@dataclass
+class PrepSummary:
+    """What :func:`prep` did; ``str(summary)`` is the report ``flashsim prep`` prints."""
+
+    objects: dict[str, ObjectSummary]
+    inputs: list[dict]
+    substitutions: list[dict]
+    source_format: str
+    events: int
+    seconds: float
+    read_seconds: float
+    write_seconds: float = 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.read_seconds if self.read_seconds > 0 else float("nan")
+
+    def __str__(self) -> str:
+        unit = "events" if self.source_format == "nanoaod" else "rows"
+        lines = [
+            f"Prepared {len(self.inputs)} input file(s), {self.events:,} {unit} in "
+            f"{self.seconds:.1f} s: read and processed at {self.events_per_s:,.0f} {unit}/s "
+            f"({self.read_seconds:.1f} s), stores written in {self.write_seconds:.1f} s."
+        ]
+        for o in self.objects.values():
+            lines.append(
+                f"  {o.object}: {o.matched:,} matched, {o.dropped_rows:,} dropped -> "
+                f"train {o.rows['train']:,}, val {o.rows['val']:,}"
+            )
+            for reason, count in o.dropped.items():
+                cols = ", ".join(f"{c} {n}" for c, n in count.by_column.items())
+                lines.append(
+                    f"    dropped {count.rows:,} rows ({reason.replace('_', ' ')}: {cols})"
+                )
+        for inp in self.inputs:
+            if inp.get("events", inp.get("rows")) == 0:
+                lines.append(f"  {inp['path']}: 0 {unit}, contributes no rows")
+        for sub in self.substitutions:
+            lines.append(
+                f"  substitution: {sub['branch']} <- {sub['substitute']} "
+                f"({len(sub['files'])} file(s))"
+            )
+        lines.append("  outputs:")
+        for o in self.objects.values():
+            for fmt, path, size in o.stores:
+                lines.append(f"    {path}  ({fmt}, {_human_bytes(size)})")
+        return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def _store_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Input:
+    index: int
+    file: InputFile
+    n: int  # events (ROOT) or rows (HDF5)
+    objects: tuple[str, ...]
+    storage: str
+    plan: BranchPlan | None = None
+    hdf5: HDF5Info | None = None
+
+    def to_dict(self, sha256: str | None) -> dict:
+        entry = {
+            "path": str(self.file.path),
+            "size_bytes": self.file.size_bytes,
+            "sha256": sha256,
+            "storage": self.storage,
+        }
+        if self.hdf5 is None:
+            entry["events"] = self.n
+        else:
+            entry.update(rows=self.n, object=self.hdf5.layout.object)
+        return entry
+
+
+def _inspect_root(
+    files: Sequence[InputFile],
+    objects: tuple[str, ...],
+    gen_muons: str,
+    branch_map: Mapping[str, str | float],
+    strict: bool,
+) -> list[_Input]:
+    inputs, missing = [], []
+    for i, f in enumerate(files):
+        info = inspect_nanoaod(f.path)
+        plan = None
+        if info.n_events:  # a 0-event file is read for nothing: its branches do not matter
+            try:
+                plan = resolve_branches(
+                    info.branches,
+                    objects,
+                    gen_muons=gen_muons,
+                    branch_map=branch_map,
+                    strict=strict,
+                    path=str(f.path),
+                )
+            except MissingBranches as err:
+                missing.append(err)
+        inputs.append(_Input(i, f, info.n_events, objects, info.storage, plan=plan))
+    if missing:
+        raise InputError(format_missing(missing))
+    return inputs
+
+
+def _inspect_hdf5(files: Sequence[InputFile], objects: tuple[str, ...] | None) -> list[_Input]:
+    inputs = []
+    for i, f in enumerate(files):
+        info = inspect_hdf5(f.path)
+        obj = info.layout.object
+        if objects is None or obj in objects:
+            inputs.append(_Input(i, f, info.n_rows, (obj,), "hdf5", hdf5=info))
+    present = {inp.objects[0] for inp in inputs}
+    absent = [o for o in (objects or ()) if o not in present]
+    if absent or not inputs:
+        raise InputError(
+            f"No HDF5 input holds {' or '.join(absent or objects or OBJECTS)} rows (31 columns "
+            "for jets, 52 for muons). Pass the right files or change --objects."
+        )
+    return inputs
+
+
+def _substitutions(inputs: Sequence[_Input]) -> list[dict]:
+    merged: dict[tuple, dict] = {}
+    for inp in inputs:
+        for src in inp.plan.substitutions if inp.plan else ():
+            entry = merged.setdefault((src.branch, src.description), {**src.to_dict(), "files": []})
+            entry["files"].append(str(inp.file.path))
+    return list(merged.values())
+
+
+def _constant_targets(substitutions: Iterable[dict]) -> set[str]:
+    """Target columns filled with an integral constant in at least one input."""
+    return {
+        column_of(s["branch"])
+        for s in substitutions
+        if s["constant"] is not None
+        and is_target(s["branch"])
+        and float(s["constant"]).is_integer()
+    }
+
+
+def preprocessing_for(
+    obj: str, sum_eoot: str = "log1p", constant_targets: Iterable[str] = ()
+) -> Preprocessing:
+    """The preprocessing chain of ``obj``, from :mod:`flashsim.transforms`.
+
+    A target column in ``constant_targets`` (filled with an integral constant by a
+    substitute, e.g. the built-in ``Jet_btagCMVA = -1``) that has no transform of its
+    own gets ``Dequantize(0.1)``: a constant target is a delta function a flow cannot
+    fit, and the inverse (rounding) gives the constant back exactly.
+    """
+    base = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(sum_eoot)
+    transformed = {name for name, _ in base.steps}
+    wanted = set(constant_targets)
+    extra = tuple(
+        (col, Dequantize(SUBSTITUTE_DEQUANTIZE_SIGMA))
+        for col in base.layout.target_columns
+        if col in wanted and col not in transformed
+    )
+    return Preprocessing(base.layout, base.steps + extra)
+
+
+def _hdf5_preprocessing(obj: str, inputs: Sequence[_Input]) -> tuple[Preprocessing, str]:
+    for inp in inputs:
+        meta = inp.hdf5.metadata
+        if inp.objects == (obj,) and meta and meta.get("preprocessing") is not None:
+            return Preprocessing.from_dict(
+                obj, meta["preprocessing"]
+            ), f"metadata of {inp.file.path}"
+    pre = JET_PREPROCESSING if obj == "jets" else muon_preprocessing("log")
+    return pre, (
+        "assumed: original FlashSim HDF5 rows carry no record of their preprocessing; the "
+        "original chain is recorded (Pileup_sumEOOT -> log)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Running tasks
+# ---------------------------------------------------------------------------
+
+
+def _tasks(
+    inputs: Sequence[_Input],
+    step_events: int,
+    spool: Path,
+    seed: int,
+    gen_muons: str,
+    preprocessing: Mapping[str, Preprocessing],
+    workers: int,
+) -> list[Task]:
+    tasks = []
+    # enough tasks to keep every worker busy (about 4 each), at most STEPS_PER_TASK steps each
+    n_steps = sum(-(-inp.n // step_events) for inp in inputs)
+    steps_per_task = max(1, min(STEPS_PER_TASK, -(-n_steps // (4 * workers))))
+    span = step_events * steps_per_task
+    for inp in inputs:
+        for start in range(0, max(inp.n, 1), span):
+            tasks.append(
+                Task(
+                    file_index=inp.index,
+                    path=str(inp.file.path),
+                    kind=inp.file.kind,
+                    start=start,
+                    stop=min(start + span, inp.n),
+                    step_events=step_events,
+                    objects=inp.objects,
+                    spool_dir=str(spool),
+                    seed=seed,
+                    gen_muons=gen_muons,
+                    plan=inp.plan,
+                    preprocessing={o: preprocessing[o] for o in inp.objects}
+                    if inp.file.kind == "root"
+                    else {},
+                    hash_input=start == 0,
+                )
+            )
+    return tasks
+
+
+def _run_serial(tasks, on_done, on_events) -> None:
+    for task in tasks:
+        on_done(run_task(task, on_step=on_events))
+
+
+def _run_processes(tasks, workers, on_done, on_events) -> None:
+    # spawn: a fresh interpreter per worker; forking a parent that may hold threads
+    # (tqdm, zarr's event loop) is not safe.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    try:
+        futures = [pool.submit(run_task, t) for t in tasks]
+        for fut in as_completed(futures):
+            result = fut.result()
+            on_events(result.events)
+            on_done(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(tasks, address: str, workers: int, on_done, on_events) -> None:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:  # pragma: no cover - dask[distributed] is a dependency
+        raise FlashSimError(
+            "--dask-scheduler needs dask.distributed: pip install 'dask[distributed]'."
+        ) from None
+    with contextlib.ExitStack() as stack:
+        if address == "local":
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+            )
+            target = cluster
+        else:
+            target = address
+        try:
+            client = stack.enter_context(Client(target, timeout="20s"))
+        except (OSError, TimeoutError) as err:
+            raise FlashSimError(
+                f"Cannot connect to the Dask scheduler at {address} ({err}). Start it first "
+                "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or use "
+                "--dask-scheduler local; the --out directory must be on a file system every "
+                "worker can write to."
+            ) from None
+        futures = client.map(run_task, tasks, pure=False)
+        try:
+            for fut in dask_completed(futures):
+                result = fut.result()
+                on_events(result.events)
+                on_done(result)
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+
+def _execute(tasks, workers: int, dask_scheduler: str | None, on_events) -> list[TaskResult]:
+    """Run ``tasks`` serially, in processes or on Dask; results in input order."""
+    results: dict[tuple[int, int], TaskResult] = {}
+
+    def on_done(result: TaskResult) -> None:
+        results[(result.file_index, result.start)] = result
+
+    if dask_scheduler:
+        _run_dask(tasks, dask_scheduler, workers, on_done, on_events)
+    elif workers > 1 and len(tasks) > 1:
+        _run_processes(tasks, workers, on_done, on_events)
+    else:
+        _run_serial(tasks, on_done, on_events)
+    return [results[k] for k in sorted(results)]
+
+
+def _collect(
+    obj: str,
+    results: Sequence[TaskResult],
+    blocks: Sequence,
+    seed: int,
+    val_rows: int | None,
+    val_fraction: float | None,
+) -> tuple[ObjectSummary, ValSplit, str]:
+    """Counts of one object over all tasks, and its seeded validation split."""
+    n_rows = sum(b.rows for b in blocks)
+    n_val, rule = val_row_count(n_rows, val_rows, val_fraction)
+    split = ValSplit.choose(n_rows, n_val, seed, stream=OBJECTS.index(obj))
+    dropped: dict[str, DropCount] = {}
+    for r in results:
+        for reason, count in r.dropped.get(obj, {}).items():
+            dropped.setdefault(reason, DropCount()).add(count)
+    summary = ObjectSummary(
+        obj,
+        matched=sum(r.matched.get(obj, 0) for r in results),
+        rows={"train": n_rows - n_val, "val": n_val},
+        dropped=dropped,
+    )
+    return summary, split, rule
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def _check_targets(targets: Mapping[tuple[str, str], Path], overwrite: bool) -> None:
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise StoreError(
+            f"Output store(s) already exist: {', '.join(existing)}; nothing was changed. "
+            "Pass --overwrite to replace them, or choose another --out."
+        )
+
+
+def _write_stores(
+    targets: Mapping[tuple[str, str], Path],
+    staging: Path,
+    blocks: Mapping[str, list],
+    splits: Mapping[str, ValSplit],
+    metadata: Mapping[str, dict],
+    chunk_rows: int | None,
+    bar,
+) -> None:
+    """Stream every object's blocks into all its staged stores (one pass per object)."""
+    with contextlib.ExitStack() as stack:
+        writers: dict[str, list] = {obj: [] for obj in blocks}
+        for (obj, fmt), final in targets.items():
+            writer = stack.enter_context(
+                open_writer(staging / final.name, fmt, layout_for(obj).n_columns, chunk_rows)
+            )
+            writers[obj].append(writer)
+        for obj, obj_blocks in blocks.items():
+            offset = 0
+            for block in obj_blocks:
+                rows = np.load(block.path, allow_pickle=False)
+                train, val = splits[obj].take(rows, offset)
+                for writer in writers[obj]:
+                    writer.append("train", train)
+                    writer.append("val", val)
+                offset += len(rows)
+                os.unlink(block.path)  # keeps the spool's disk use bounded
+                bar.update(len(rows))
+            for writer in writers[obj]:
+                writer.metadata = dict(metadata[obj])
+
+
+def _publish(targets: Mapping[tuple[str, str], Path], staging: Path, overwrite: bool) -> None:
+    for final in targets.values():
+        with atomic_output(final, overwrite=overwrite) as tmp:
+            os.replace(staging / final.name, tmp)
+
+
+# ---------------------------------------------------------------------------
+# prep
+# ---------------------------------------------------------------------------
+
+
+def _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, step_events):
+    bad = [o for o in objects or () if o not in OBJECTS]
+    if bad:
+        raise FlashSimError(
+            f"Unknown object(s) {', '.join(bad)}; choose from {', '.join(OBJECTS)}."
+        )
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise FlashSimError(
+            f"Unknown store format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}."
+        )
+    if gen_muons not in GEN_MUON_DEFINITIONS:
+        raise FlashSimError(f"--gen-muons must be one of {', '.join(GEN_MUON_DEFINITIONS)}.")
+    if sum_eoot not in SUM_EOOT_CHOICES:
+        raise FlashSimError(f"--sum-eoot must be one of {', '.join(SUM_EOOT_CHOICES)}.")
+    if workers < 1:
+        raise FlashSimError(f"--workers must be >= 1, not {workers}.")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise FlashSimError(f"--chunk-rows must be >= 1, not {chunk_rows}.")
+    if step_events < 1:
+        raise FlashSimError(f"step_events must be >= 1, not {step_events}.")
+
+
+def prep(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    *,
+    objects: Sequence[str] | None = None,
+    formats: Sequence[str] = ("zarr",),
+    seed: int = 0,
+    val_rows: int | None = None,
+    val_fraction: float | None = None,
+    chunk_rows: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    strict: bool = False,
+    branch_map: Mapping[str, str | float] | None = None,
+    gen_muons: str = "final-state",
+    sum_eoot: str = "log1p",
+    dask_scheduler: str | None = None,
+    progress: bool = True,
+    step_events: int = DEFAULT_STEP_EVENTS,
+) -> PrepSummary:
+    """Prepare stores of jets and/or muons from NanoAOD ROOT or FlashSim HDF5 files.
+
+    Args:
+        inputs: files, globs, directories or ``.txt`` lists of paths.
+        out_dir: directory of the stores (``out_dir/jets.zarr``, ``muons-wds/``, ...).
+        objects: ``"jets"``, ``"muons"``; default both (HDF5: whatever the files hold).
+        formats: any of ``"zarr"``, ``"webdataset"``, ``"hdf5"``; all written in one pass.
+        seed: seeds dequantization noise and the train/val split.
+        val_rows, val_fraction: validation size (default: see :mod:`pipelines.split`).
+        chunk_rows: rows per store chunk (default: ~4 MiB of rows).
+        workers: worker processes (results identical for any value).
+        overwrite: replace existing stores (otherwise an existing one is an error).
+        strict: built-in NanoAOD substitutes become errors.
+        branch_map: ``{branch or column: branch name or constant}`` (see docs/prep.md).
+        gen_muons: ``"final-state"`` (|pdgId| 13, status 1) or ``"all"`` (original).
+        sum_eoot: ``"log1p"`` (keeps sumEOOT == 0) or ``"log"`` (original; drops, counted).
+        dask_scheduler: address of a Dask scheduler, or ``"local"``, to run tasks there.
+        progress: show tqdm progress bars.
+        step_events: events read per step (memory bound; part of the random stream,
+            so keep it fixed to reproduce a store).
+
+    Returns:
+        A :class:`PrepSummary`; ``print(summary)`` gives the report.
+
+    Raises:
+        FlashSimError: bad options, bad input (see :mod:`pipelines.inputs`), missing
+            branches, or existing stores without ``overwrite``; nothing is written then.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of characters
+        inputs = [inputs]
+    objects = (objects,) if isinstance(objects, str) else objects
+    objects = tuple(objects) if objects else None
+    formats = (formats,) if isinstance(formats, str) else formats
+    formats = tuple(dict.fromkeys(formats))
+    _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, step_events)
+    check_val_options(val_rows, val_fraction)
+    user_map = normalize_branch_map(branch_map)
+
+    files = expand_inputs(inputs)
+    kind = single_kind(files)
+    if kind == "root":
+        objects = objects or OBJECTS
+        inputs_ = _inspect_root(files, objects, gen_muons, user_map, strict)
+    else:
+        inputs_ = _inspect_hdf5(files, objects)
+        objects = tuple(o for o in OBJECTS if any(inp.objects == (o,) for inp in inputs_))
+    source_format = "nanoaod" if kind == "root" else "hdf5"
+
+    out = Path(out_dir)
+    targets = {(o, f): store_path(out, o, f) for o in objects for f in formats}
+    _check_targets(targets, overwrite)
+
+    substitutions = _substitutions(inputs_)
+    for sub in substitutions:
+        files = ", ".join(Path(f).name for f in sub["files"][:3])
+        files += ", ..." if len(sub["files"]) > 3 else ""
+        if sub["origin"] == "builtin":
+            log.warning(
+                "%s is not in %d input file(s) (%s); using %s.",
+                sub["branch"],
+                len(sub["files"]),
+                files,
+                sub["substitute"],
+            )
+        else:
+            log.warning(
+                "%s in %d input file(s) (%s): using %s, as mapped.",
+                sub["branch"],
+                len(sub["files"]),
+                files,
+                sub["substitute"],
+            )
+    if kind == "root":
+        constants = _constant_targets(substitutions)
+        preprocessing = {o: preprocessing_for(o, sum_eoot, constants) for o in objects}
+        pre_origin = dict.fromkeys(objects, "flashsim.transforms")
+    else:
+        pairs = {o: _hdf5_preprocessing(o, inputs_) for o in objects}
+        preprocessing = {o: p for o, (p, _) in pairs.items()}
+        pre_origin = {o: origin for o, (_, origin) in pairs.items()}
+
+    created_out = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=".flashsim-prep-", dir=out))
+    try:
+        t_read = time.perf_counter()
+        tasks = _tasks(inputs_, step_events, spool, seed, gen_muons, preprocessing, workers)
+        unit = "ev" if kind == "root" else "row"
+        with tqdm(
+            total=sum(inp.n for inp in inputs_),
+            unit=unit,
+            unit_scale=True,
+            desc="read",
+            disable=not progress,
+        ) as bar:
+            results = _execute(tasks, workers, dask_scheduler, bar.update)
+        read_seconds = time.perf_counter() - t_read
+
+        sha = {r.file_index: r.sha256 for r in results if r.sha256 is not None}
+        inputs_meta = [inp.to_dict(sha.get(inp.index)) for inp in inputs_]
+        options = {
+            "gen_muons": gen_muons,
+            "sum_eoot": sum_eoot,
+            "strict": strict,
+            "branch_map": user_map,
+            "step_events": step_events,
+            "muon_charge": "physical: pdgId +13 (mu-) -> -1",
+            "second_closest_muon": "true second-closest within dR < 0.4",
+        }
+        summaries, blocks, splits, metadata = {}, {}, {}, {}
+        for obj in objects:
+            blocks[obj] = [b for r in results for b in r.blocks.get(obj, [])]
+            summaries[obj], splits[obj], rule = _collect(
+                obj, results, blocks[obj], seed, val_rows, val_fraction
+            )
+            needed = set(required_branches(obj, gen_muons))
+            metadata[obj] = {
+                "object": obj,
+                "layout": layout_for(obj).to_dict(),
+                "preprocessing": preprocessing[obj].to_dict(),
+                "preprocessing_origin": pre_origin[obj],
+                "seed": seed,
+                "matched": summaries[obj].matched,
+                "dropped": {
+                    "rows": summaries[obj].dropped_rows,
+                    **{reason: c.to_dict() for reason, c in summaries[obj].dropped.items()},
+                },
+                "inputs": [
+                    m for m, inp in zip(inputs_meta, inputs_, strict=True) if obj in inp.objects
+                ],
+                "substitutions": [s for s in substitutions if s["branch"] in needed],
+                "options": {**options, "val_rule": rule, "val_rows": splits[obj].n_val},
+                "source_format": source_format,
+                "tool_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+
+        t_write = time.perf_counter()
+        staging = spool / "stores"
+        staging.mkdir()
+        with tqdm(
+            total=sum(sum(s.rows.values()) for s in summaries.values()),
+            unit="row",
+            unit_scale=True,
+            desc="write",
+            disable=not progress,
+        ) as bar:
+            _write_stores(targets, staging, blocks, splits, metadata, chunk_rows, bar)
+        _publish(targets, staging, overwrite)
+        write_seconds = time.perf_counter() - t_write
+    except BaseException:
+        shutil.rmtree(spool, ignore_errors=True)
+        if created_out:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        raise
+    shutil.rmtree(spool, ignore_errors=True)
+
+    for (obj, fmt), final in targets.items():
+        summaries[obj].stores.append((fmt, final, _store_bytes(final)))
+    return PrepSummary(
+        objects=summaries,
+        inputs=inputs_meta,
+        substitutions=substitutions,
+        source_format=source_format,
+        events=sum(r.events for r in results),
+        seconds=time.perf_counter() - t0,
+        read_seconds=read_seconds,
+        write_seconds=write_seconds,
+    )

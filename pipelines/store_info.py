@@ -1,0 +1,155 @@
+"""Describe a store: its metadata in readable form and per-column min/mean/max.
+
+Statistics are computed chunk by chunk (one chunk of rows in memory at a time), for
+zarr, webdataset and HDF5 stores alike. This module reads stores directly (zarr,
+tarfile, h5py) so that ``pipelines`` does not depend on ``loaders``.
+
+Examples
+--------
+>>> print(describe_store("shards/jets.zarr"))  # doctest: +SKIP
+jets store (zarr) at shards/jets.zarr
+...
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flashsim.store import (
+    HDF5_SPLIT_DATASETS,
+    SPLITS,
+    WDS_MANIFEST,
+    detect_format,
+    read_metadata,
+    store_layout,
+)
+
+
+def iter_blocks(path: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
+    """Yield the rows of ``split`` of the store at ``path``, one chunk at a time."""
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt == "zarr":
+        import zarr
+
+        arr = zarr.open_group(p, mode="r")[split]
+        step = arr.chunks[0]
+        for start in range(0, arr.shape[0], step):
+            yield arr[start : start + step]
+    elif fmt == "webdataset":
+        manifest = json.loads((p / WDS_MANIFEST).read_text())
+        for shard in manifest["splits"][split]["shards"]:
+            with tarfile.open(p / shard["name"]) as tar:
+                for member in tar:
+                    if member.name.endswith(".npy"):
+                        yield np.load(
+                            io.BytesIO(tar.extractfile(member).read()), allow_pickle=False
+                        )
+    else:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            ds = f[HDF5_SPLIT_DATASETS[split]]
+            step = ds.chunks[0] if ds.chunks else 65536
+            for start in range(0, ds.shape[0], step):
+                yield ds[start : start + step]
+
+
+@dataclass
+class ColumnStats:
+    """Per-column statistics over ``rows`` rows (float64 arrays of n_columns)."""
+
+    rows: int
+    min: np.ndarray
+    mean: np.ndarray
+    max: np.ndarray
+
+
+def column_stats(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> ColumnStats:
+    """min/mean/max of every column over ``splits``, computed chunk-wise (bounded memory)."""
+    n_columns = len(read_metadata(path)["layout"]["columns"])
+    lo = np.full(n_columns, np.inf)
+    hi = np.full(n_columns, -np.inf)
+    total = np.zeros(n_columns)
+    rows = 0
+    for split in splits:
+        for block in iter_blocks(path, split):
+            if not len(block):
+                continue
+            block = np.asarray(block, dtype=np.float64)
+            lo = np.minimum(lo, block.min(axis=0))
+            hi = np.maximum(hi, block.max(axis=0))
+            total += block.sum(axis=0)
+            rows += len(block)
+    mean = total / rows if rows else np.full(n_columns, np.nan)
+    if not rows:
+        lo[:] = hi[:] = np.nan
+    return ColumnStats(rows, lo, mean, hi)
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def describe_store(path: str | os.PathLike, stats: bool = True) -> str:
+    """A readable description of the store at ``path`` (metadata, then column statistics)."""
+    p = Path(path)
+    meta = read_metadata(p)
+    layout = store_layout(meta, path=str(p))
+    rows = meta.get("rows", {})
+    lines = [
+        f"{meta.get('object')} store ({meta.get('format')}) at {p}",
+        f"  rows: train {_count(rows.get('train'))}, val {_count(rows.get('val'))}"
+        f"   chunk rows: {meta.get('chunk_rows')}",
+        f"  source: {meta.get('source_format')}; seed {meta.get('seed')}; "
+        f"flashsim {meta.get('tool_version')}; created {meta.get('created')}",
+    ]
+    dropped = meta.get("dropped", {})
+    lines.append(
+        f"  matched objects: {meta.get('matched', '?')}, dropped rows: {dropped.get('rows', 0)}"
+    )
+    for reason, info in dropped.items():
+        if isinstance(info, dict):
+            cols = ", ".join(f"{c} {n}" for c, n in info.get("by_column", {}).items())
+            lines.append(f"    {reason.replace('_', ' ')}: {info.get('rows')} rows ({cols})")
+    options = meta.get("options", {})
+    if options:
+        lines.append("  options: " + "; ".join(f"{k}={v}" for k, v in options.items()))
+    for inp in meta.get("inputs", []):
+        n = inp.get("events", inp.get("rows"))
+        unit = "events" if "events" in inp else "rows"
+        sha = (inp.get("sha256") or "")[:12]
+        lines.append(
+            f"  input: {inp.get('path')} ({n} {unit}, {inp.get('size_bytes')} B, sha256 {sha}...)"
+        )
+    for sub in meta.get("substitutions", []):
+        lines.append(f"  substitution: {sub.get('branch')} <- {sub.get('substitute')}")
+    steps: dict[str, list[str]] = {}
+    for entry in meta.get("preprocessing", []):
+        steps.setdefault(entry["column"], []).append(entry["formula"])
+    col_stats = column_stats(p) if stats else None
+    lines.append("")
+    header = (
+        f"  {'#':>3} {'column':<24} {'role':<5} {'min':>11} {'mean':>11} {'max':>11}  preprocessing"
+    )
+    lines.append(header)
+    for j, name in enumerate(layout.columns):
+        role = "cond" if j < layout.n_conditioning else "tgt"
+        if col_stats is not None:
+            nums = f"{_fmt(col_stats.min[j]):>11} {_fmt(col_stats.mean[j]):>11} {_fmt(col_stats.max[j]):>11}"
+        else:
+            nums = f"{'':>11} {'':>11} {'':>11}"
+        lines.append(f"  {j:>3} {name:<24} {role:<5} {nums}  {' ; '.join(steps.get(name, []))}")
+    return "\n".join(lines)
