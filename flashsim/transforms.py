@@ -284,9 +284,19 @@ JET_PREPROCESSING = Preprocessing(
         ("MJet_massRatio", Clip(0.0, 7.0)),
         ("MJet_ptRatio", Clip(0.0, 3.0)),
         # Each b-tag/qgl column with its own mask (the original used DeepB's mask for all four).
+        # DeepFlavB/C too (not in the original list): their failed values (-1, or -3000 in
+        # 2015 Open Data, where DeepJet was not run) would otherwise be a far-away spike.
         # btagCMVA is a discriminant in [-1, 1] whose negative values are real: untouched.
         *_each(
-            ("MJet_btagCSVV2", "MJet_btagDeepB", "MJet_btagDeepC", "MJet_qgl"), NegativeTo(-0.1)
+            (
+                "MJet_btagCSVV2",
+                "MJet_btagDeepB",
+                "MJet_btagDeepC",
+                "MJet_btagDeepFlavB",
+                "MJet_btagDeepFlavC",
+                "MJet_qgl",
+            ),
+            NegativeTo(-0.1),
         ),
         *_each(("MJet_jetId", "MJet_puId"), Dequantize(0.1)),
     ),
