@@ -1,0 +1,189 @@
+"""The contract every loader kind keeps: iteration, length, epochs, ranks and resume.
+
+``for x, y in loader`` yields ``x`` = targets ``(B, n_targets)`` and ``y`` =
+conditioning ``(B, n_conditioning)``, float32, on the loader's device. The order is a
+function of ``(seed, epoch)``; each rank of ``world_size`` gets ``len(loader)``
+batches (the same on every rank) from its own part of the epoch (see
+:mod:`loaders.plan` for the exact arithmetic and the padding rule).
+
+Epochs and resume
+-----------------
+* ``set_epoch(e)`` selects the epoch's order. Calling it with the current epoch
+  changes nothing, so a resumed position survives the usual
+  ``for epoch in range(start, n): loader.set_epoch(epoch)`` loop.
+* ``state_dict()`` records the epoch and the batches handed out in it;
+  ``load_state_dict(sd)`` on a new loader (same store, seed, batch size, world size,
+  ``drop_last``, ``shuffle``, buffer) makes its next iteration yield exactly the
+  batches not yet seen. In DDP every rank hands out the same number of batches, so
+  one rank's state (e.g. rank 0's checkpoint) resumes every rank.
+* Iterating again (without ``load_state_dict``) replays the whole epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from flashsim.errors import FlashSimError
+from flashsim.layouts import Layout
+from loaders.plan import batches_per_rank
+from loaders.sources import StoreInfo
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given values, else torch.distributed's, else ``(0, 1)``."""
+    dist = torch.distributed
+    initialized = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialized else 1
+    if rank is None:
+        rank = dist.get_rank() if initialized else 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise FlashSimError(
+            f"rank={rank}, world_size={world_size} is not a valid distributed setup: "
+            "need world_size >= 1 and 0 <= rank < world_size."
+        )
+    return int(rank), int(world_size)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, checking that a requested CUDA device exists."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise FlashSimError(f"Unknown device {device!r} ({err}); use 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlashSimError(
+            f"device={device!r} was asked for but no CUDA device is available here; "
+            "use device='cpu'."
+        )
+    return dev
+
+
+class BaseLoader:
+    """Common state of all loader kinds; subclasses implement :meth:`_batches`.
+
+    Attributes:
+        kind: the loader kind (``"chunked"``, ``"resident"``, ...).
+        layout: the store's :class:`~flashsim.layouts.Layout`.
+        metadata: the store's metadata dictionary.
+        n_rows: rows in the split (all ranks together).
+        path: the store read.
+    """
+
+    kind = ""
+
+    def __init__(
+        self,
+        store: StoreInfo,
+        split: str,
+        *,
+        n_rows: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: str | torch.device,
+        drop_last: bool,
+        rank: int | None,
+        world_size: int | None,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise FlashSimError(f"batch_size must be a positive number of rows, got {batch_size}.")
+        if int(seed) < 0:
+            raise FlashSimError(f"seed must be a non-negative integer, got {seed}.")
+        self.store = store
+        self.split = split
+        self.layout: Layout = store.layout
+        self.metadata: dict = store.metadata
+        self.path: Path = store.path
+        self.n_rows = int(n_rows)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        self.drop_last = bool(drop_last)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.epoch = 0
+        self._resume_from = 0
+        self._consumed = 0
+
+    # ---------------------------------------------------------------- contract
+
+    def __len__(self) -> int:
+        return batches_per_rank(self.n_rows, self.world_size, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        start = self._resume_from
+        self._resume_from = 0
+        self._consumed = start
+        if start >= len(self):
+            return
+        batches = self._batches(self.epoch, start)
+        try:
+            for batch in batches:
+                self._consumed += 1  # counted when handed out: a checkpoint now includes it
+                yield batch
+        finally:  # also on `break`: stop prefetch threads / DataLoader workers now
+            batches.close()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s order from the next iteration on."""
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._resume_from = 0
+            self._consumed = 0
+
+    def state_dict(self) -> dict:
+        """Position in the epoch, plus what must match for an exact resume."""
+        return {"epoch": self.epoch, "batches_consumed": self._consumed, **self._order_key()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: the next iteration yields the batches not yet seen."""
+        mine = self._order_key()
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            diff = ", ".join(
+                f"{k}: saved {theirs[k]!r} vs now {mine[k]!r}" for k in mine if theirs[k] != mine[k]
+            )
+            raise FlashSimError(
+                f"This loader state cannot resume here: the batch order would differ ({diff}). "
+                "Open the loader with the same store, seed, batch_size, world_size, shuffle, "
+                "drop_last and buffer settings as the run that saved it."
+            )
+        consumed = int(state["batches_consumed"])
+        if not 0 <= consumed <= len(self):
+            raise FlashSimError(
+                f"Saved loader state says {consumed} batches were consumed, but an epoch has "
+                f"{len(self)}; it belongs to another loader."
+            )
+        self.epoch = int(state["epoch"])
+        self._resume_from = consumed
+        self._consumed = consumed
+
+    def _order_key(self) -> dict:
+        """Everything the batch order depends on (besides the epoch)."""
+        return {
+            "kind": self.kind,
+            "n_rows": self.n_rows,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "drop_last": self.drop_last,
+        }
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        """Batches ``start_batch, ...`` of ``epoch`` for this rank."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, split={self.split!r}, "
+            f"rows={self.n_rows}, batch_size={self.batch_size}, rank={self.rank}/"
+            f"{self.world_size}, device={str(self.device)!r}, batches={len(self)})"
+        )

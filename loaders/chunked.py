@@ -1,0 +1,201 @@
+"""ChunkedZarrLoader: whole-chunk reads, shuffle windows, background prefetch.
+
+Per epoch and rank (see :mod:`loaders.plan`): chunk order shuffled from
+``(seed, epoch)``, the rank's contiguous part of it read ``buffer_chunks`` chunks at a
+time, each window's rows permuted with one gather, batches cut as slices. A producer
+thread builds windows ``prefetch`` ahead of the consumer while a small thread pool
+decodes the next window's chunks (blosc and numpy release the GIL, so this overlaps
+with the training step). Memory: about ``prefetch + 5`` windows of ``buffer_chunks``
+chunks (two being decoded, one being shuffled, ``prefetch`` queued, one being
+consumed, a recycled buffer), whatever the dataset size: ~110 MB for jets with the
+defaults (16 MB windows).
+
+On a CUDA device windows are gathered straight into pinned host memory and each
+batch goes to the device with one ``non_blocking`` copy.
+
+Also reads HDF5 stores (slabs of HDF5 chunks as units), which is what ``auto`` uses
+on an HDF5-only directory too large for the device-resident loader.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from flashsim.errors import FlashSimError
+from flashsim.layouts import DTYPE
+from loaders.base import BaseLoader, Batch
+from loaders.plan import EpochPlan, chunk_plan
+from loaders.prefetch import BackgroundIterator
+from loaders.sources import HDF5Units, StoreInfo, ZarrUnits, open_units
+from loaders.windows import BatchEmitter, Product, WindowBuffer, slice_batches
+
+
+def default_threads() -> int:
+    """Decode threads when ``num_workers`` is 0: up to 4, at most the CPU count."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ChunkedZarrLoader(BaseLoader):
+    """Shuffled batches from a zarr (or HDF5) store, read whole chunk by whole chunk.
+
+    Args:
+        store: the located store (:func:`loaders.sources.locate`).
+        split: ``"train"`` or ``"val"``.
+        num_workers: decode threads (0: :func:`default_threads`); threads, not processes.
+        prefetch: windows prepared ahead of the consumer.
+        buffer_chunks: chunks whose rows are mixed together in one shuffle window.
+
+    Other arguments as in :func:`loaders.open`.
+    """
+
+    kind = "chunked"
+
+    def __init__(
+        self,
+        store: StoreInfo,
+        split: str = "train",
+        *,
+        batch_size: int = 2048,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 0,
+        prefetch: int = 2,
+        buffer_chunks: int = 4,
+    ) -> None:
+        units = open_units(store, split)
+        if not isinstance(units, (ZarrUnits, HDF5Units)):
+            raise FlashSimError(
+                f"The chunked loader reads zarr or HDF5 stores; {store.path} is "
+                f"{store.format}. Use kind='webdataset'."
+            )
+        if int(buffer_chunks) < 1 or int(prefetch) < 1 or int(num_workers) < 0:
+            raise FlashSimError(
+                f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
+                f"{buffer_chunks}, {prefetch}, {num_workers})."
+            )
+        super().__init__(
+            store,
+            split,
+            n_rows=units.n_rows,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            device=device,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.units = units
+        self.buffer_chunks = int(buffer_chunks)
+        self.prefetch = int(prefetch)
+        self.threads = int(num_workers) or default_threads()
+        self._emit = BatchEmitter(self.device, self.layout)
+        self._local = threading.local()  # per decode thread: one chunk of scratch
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """This rank's reading plan for ``epoch``."""
+        return chunk_plan(
+            self.units.unit_rows,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            shuffle=self.shuffle,
+            buffer_chunks=self.buffer_chunks,
+        )
+
+    def _order_key(self) -> dict:
+        return {
+            **super()._order_key(),
+            "unit_rows": int(self.units.chunk_rows),
+            "buffer_chunks": self.buffer_chunks,
+        }
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        plan = self.plan(epoch)
+        first_row = start_batch * self.batch_size
+        window, offset = plan.locate(first_row)
+        products = BackgroundIterator(self._products(plan, window), depth=self.prefetch)
+        try:
+            for parts in slice_batches(products, offset, plan.rows - first_row, self.batch_size):
+                yield self._emit(parts)
+        finally:
+            products.close()
+
+    def _products(self, plan: EpochPlan, first_window: int) -> Iterator[Product]:
+        """Shuffled windows ``first_window, ...`` (runs in the prefetch thread)."""
+        pinned = self.device.type == "cuda"
+        spare: list[WindowBuffer] = []  # read buffers whose rows were gathered out
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="flashsim-decode") as pool:
+            pending: deque[tuple[int, WindowBuffer, list[Future]]] = deque()
+            next_window = first_window
+            try:
+                while True:
+                    # Keep one window decoding ahead of the one being gathered.
+                    while next_window < plan.n_windows and len(pending) < 2:
+                        pending.append(self._submit(pool, plan, next_window, pinned, spare))
+                        next_window += 1
+                    if not pending:
+                        return
+                    w, buffer, futures = pending.popleft()
+                    for f in futures:
+                        f.result()
+                    order = plan.window_order(w)
+                    product = buffer.product(order, pin=pinned)
+                    if order is not None or pinned:  # the product is a copy: reuse buffer
+                        spare.append(buffer)
+                    yield product
+            finally:
+                for _, _, futures in pending:
+                    for f in futures:
+                        f.cancel()
+
+    def _submit(
+        self,
+        pool: ThreadPoolExecutor,
+        plan: EpochPlan,
+        w: int,
+        whole_rows: bool,
+        spare: list[WindowBuffer],
+    ) -> tuple[int, WindowBuffer, list[Future]]:
+        pieces = plan.window_pieces(w)
+        n = int(plan.window_rows[w])
+        # Recycled buffers skip fresh allocations (and their page faults) every window.
+        buffer = next((b for b in spare if b.n_rows == n), None)
+        if buffer is not None:
+            spare.remove(buffer)
+        else:
+            buffer = WindowBuffer(n, self.layout, whole_rows)
+        sizes = pieces[:, 2] - pieces[:, 1]
+        starts = np.cumsum(sizes) - sizes
+        futures = [
+            pool.submit(self._read_piece, int(u), int(lo), int(hi), buffer, int(dest))
+            for (u, lo, hi), dest in zip(pieces, starts, strict=True)
+        ]
+        return w, buffer, futures
+
+    def _read_piece(self, unit: int, lo: int, hi: int, buffer: WindowBuffer, dest: int) -> None:
+        """Decode rows ``[lo, hi)`` of ``unit`` into ``buffer`` at ``dest`` (decode thread)."""
+        k = hi - lo
+        if buffer.whole_rows:
+            self.units.read_into(unit, lo, hi, buffer.rows[dest : dest + k])
+            return
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = np.empty((self.units.chunk_rows, self.layout.n_columns), DTYPE)
+            self._local.scratch = scratch
+        self.units.read_into(unit, lo, hi, scratch[:k])
+        buffer.put(dest, scratch[:k])
