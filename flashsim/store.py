@@ -102,7 +102,8 @@ def store_layout(meta: dict, expected_object: str | None = None, path: str = "")
     if expected_object is not None and obj != expected_object:
         raise StoreError(
             f"{path or 'The store'} holds {obj!r} rows, not {expected_object!r}. "
-            f"Pass the {expected_object} store (e.g. shards/{expected_object}.zarr) instead."
+            f"Pass the {expected_object} store (e.g. "
+            f"{store_path(Path(path).parent if path else DEFAULT_DATA_DIR, expected_object, meta.get('format', 'zarr'))}) instead."
         )
     layout = layout_for(obj) if obj in ("jets", "muons") else None
     columns = meta.get("layout", {}).get("columns")

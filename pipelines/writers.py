@@ -215,7 +215,7 @@ class HDF5Writer(StoreWriter):
                 HDF5_SPLIT_DATASETS[split],
                 shape=(0, self.n_columns),
                 maxshape=(None, self.n_columns),
-                chunks=(min(self.chunk_rows, 8192), self.n_columns),
+                chunks=(min(self.chunk_rows, _hdf5_chunk_rows(self.n_columns)), self.n_columns),
                 dtype=DTYPE,
             )
             for split in SPLITS
@@ -234,6 +234,13 @@ class HDF5Writer(StoreWriter):
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+def _hdf5_chunk_rows(n_columns: int) -> int:
+    # Largest power of two of rows under 1 MiB: h5py's default chunk cache holds 1 MiB,
+    # and the original per-row datasets re-decompress a chunk per row read when it
+    # does not fit (3.4x slower for muons' 52 columns at 8192 rows).
+    return int(2 ** np.floor(np.log2(2**20 / (n_columns * DTYPE.itemsize))))
 
 
 WRITERS: dict[str, type[StoreWriter]] = {
