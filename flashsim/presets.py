@@ -1,0 +1,103 @@
+"""Training presets: the paper's configuration and a small one for CPUs.
+
+A preset fixes the flow hyperparameters (:class:`~flashsim.model.FlowConfig`) and the
+optimisation (Adam learning rate, cosine annealing over ``epochs``, batch size) for
+one object. Every value can be overridden (``flashsim train --help``).
+
+* ``paper``: the original FlashSim models: jets 17 targets | 14 conditioning, 17 flow
+  steps, 10 residual blocks of 298 hidden units, 128 bins, batch norm, ReLU; muons
+  22 | 30, 22 steps, 256 hidden; Adam lr 1e-5, cosine annealing over 600 epochs,
+  batch 2048 (about 5 days per model on a V100 with 5 M rows).
+* ``small``: 5 steps, 2 blocks of 64 hidden units, 16 bins, batch norm, ReLU; Adam lr
+  3e-3, cosine annealing over 5 epochs, batch 1024: a couple of minutes on a 2-core
+  CPU for 100 k rows, and visibly learns (236 k parameters for jets).
+
+Examples
+--------
+>>> from flashsim.presets import get_preset
+>>> p = get_preset("paper", "jets")
+>>> p.flow.num_flow_steps, p.flow.hidden_features, p.lr, p.epochs, p.batch_size
+(17, 298, 1e-05, 600, 2048)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashsim.errors import FlashSimError
+from flashsim.flow_config import FlowConfig
+from flashsim.layouts import layout_for
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A complete training recipe for one object.
+
+    Attributes:
+        name: preset name.
+        flow: flow hyperparameters (dimensions match the object's layout).
+        lr: Adam learning rate at the start of the cosine schedule.
+        epochs: epochs, also the cosine annealing period ``T_max``.
+        batch_size: rows per optimiser step (per process under DDP).
+    """
+
+    name: str
+    flow: FlowConfig
+    lr: float
+    epochs: int
+    batch_size: int
+
+
+def _paper(obj: str) -> Preset:
+    layout = layout_for(obj)
+    hidden = {"jets": 298, "muons": 256}[obj]
+    flow = FlowConfig(
+        n_targets=layout.n_targets,
+        n_conditioning=layout.n_conditioning,
+        num_flow_steps=layout.n_targets,  # 17 for jets, 22 for muons, as in the paper
+        hidden_features=hidden,
+        num_blocks=10,
+        num_bins=128,
+        tail_bound=1.0,
+        activation="relu",
+        dropout=0.0,
+        batch_norm=True,
+    )
+    return Preset("paper", flow, lr=1e-5, epochs=600, batch_size=2048)
+
+
+def _small(obj: str) -> Preset:
+    layout = layout_for(obj)
+    flow = FlowConfig(
+        n_targets=layout.n_targets,
+        n_conditioning=layout.n_conditioning,
+        num_flow_steps=5,
+        hidden_features=64,
+        num_blocks=2,
+        num_bins=16,
+        tail_bound=1.0,
+        activation="relu",
+        dropout=0.0,
+        batch_norm=True,
+    )
+    return Preset("small", flow, lr=3e-3, epochs=5, batch_size=1024)
+
+
+_PRESETS = {"paper": _paper, "small": _small}
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
+DEFAULT_PRESET = "small"
+
+
+def get_preset(name: str, obj: str) -> Preset:
+    """The preset ``name`` (``"paper"`` or ``"small"``) for object ``obj``.
+
+    Raises:
+        FlashSimError: for an unknown preset or object.
+    """
+    try:
+        make = _PRESETS[name]
+    except KeyError:
+        raise FlashSimError(
+            f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}."
+        ) from None
+    return make(obj)

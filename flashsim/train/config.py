@@ -1,0 +1,115 @@
+"""What a training run is asked to do (:class:`TrainConfig`) and what it did (:class:`TrainResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flashsim.store import DEFAULT_DATA_DIR
+
+LOADER_KINDS: tuple[str, ...] = (
+    "auto",
+    "chunked",
+    "webdataset",
+    "resident",
+    "original-jets",
+    "original-muons",
+)
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`flashsim.train.train` (the ``flashsim train`` command line).
+
+    Hyperparameters left at ``None`` come from the preset (``small`` by default) or, with
+    ``resume``, from the checkpoint; a value given together with ``resume`` must match
+    the checkpoint's.
+
+    Attributes:
+        object: ``"jets"`` or ``"muons"``.
+        data: a store (``shards/jets.zarr``) or a directory of stores (``shards/``).
+        out: run directory (checkpoints, metrics, plots); default ``runs/<object>``.
+        preset: ``"small"`` or ``"paper"``.
+        epochs, batch_size, lr, seed: override the preset (batch size is per process).
+        flow: overrides of :class:`~flashsim.model.FlowConfig` fields, e.g.
+            ``{"hidden_features": 128, "num_bins": 32}``.
+        loader: loader kind passed to :func:`loaders.open`.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        resume: continue from ``out/checkpoints/last.pt``.
+        checkpoint_every: also keep ``epoch-NNNN.pt`` every N epochs (0: never).
+        max_steps_per_epoch: cap optimiser steps per epoch (quick runs).
+        stop_after_epochs: stop (resumably) after this many epochs in this invocation,
+            e.g. to fit a batch-system time limit.
+        nproc: launch this many local processes (DDP); 1 = this process only.
+        tf32, compile: CUDA speed options (off unless measured); ``deterministic``:
+            ``torch.use_deterministic_algorithms`` (default: on for CPU, off on CUDA).
+        num_workers: loader worker processes.
+        threads: torch intra-op CPU threads for this run (default: torch's choice; under
+            ``nproc`` the cores are shared out). Small flows on a busy CPU often run
+            faster with 1.
+        check_every: steps between host syncs that check the loss is finite (and, under
+            DDP, agree on a stop request).
+        progress: show a tqdm progress bar (rank 0).
+        tensorboard: write TensorBoard event files.
+        trace: diagnostics for tests and debugging: write per-step row fingerprints and a
+            parameter checksum per rank to ``out/trace/`` (slow; small runs only).
+    """
+
+    object: str
+    data: str | Path = DEFAULT_DATA_DIR
+    out: str | Path | None = None
+    preset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    flow: dict = field(default_factory=dict)
+    loader: str = "auto"
+    device: str = "auto"
+    resume: bool = False
+    checkpoint_every: int = 0
+    max_steps_per_epoch: int | None = None
+    stop_after_epochs: int | None = None
+    nproc: int = 1
+    tf32: bool = False
+    compile: bool = False
+    deterministic: bool | None = None
+    num_workers: int = 0
+    threads: int | None = None
+    check_every: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+    trace: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out is not None else Path("runs") / self.object
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`flashsim.train.train` (as seen by rank 0).
+
+    Attributes:
+        out: the run directory.
+        status: ``"completed"`` (all epochs), ``"paused"`` (``stop_after_epochs``) or
+            ``"interrupted"`` (Ctrl-C/SIGTERM; a mid-epoch checkpoint was written).
+        epochs_done: completed epochs.
+        history: one metrics record per completed epoch (see :mod:`flashsim.train.metrics`).
+        last_checkpoint: ``out/checkpoints/last.pt``.
+        best_checkpoint: ``out/checkpoints/best.pt`` (lowest validation loss), if any.
+        best_val_loss: its validation loss.
+        resume_command: the command that continues this run (unless completed).
+        rank: the process that returned this result (0 unless under torchrun).
+    """
+
+    out: Path
+    status: str
+    epochs_done: int
+    history: list[dict]
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_val_loss: float
+    resume_command: str | None = None
+    rank: int = 0

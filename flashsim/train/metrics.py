@@ -1,0 +1,153 @@
+"""Per-epoch training metrics: JSON lines, TensorBoard and a loss-curve PNG.
+
+One record per epoch (a flat dict of numbers), written by rank 0 only:
+
+* ``metrics.jsonl``: one JSON object per line, rewritten from the checkpoint's history
+  when a run resumes, so it never holds epochs the checkpoint does not know;
+* ``tensorboard/``: the same scalars (``tensorboard --logdir runs/``);
+* ``loss.png``: training and validation loss per epoch, refreshed each epoch.
+
+Record keys: ``epoch`` (1-based), ``train_loss`` and ``val_loss`` (mean negative
+log-likelihood per row, nats), ``lr``, ``rows`` (training rows seen, all ranks),
+``steps``, ``epoch_s`` (wall seconds of the training pass), ``data_wait_s`` (host
+blocked waiting for the loader), ``compute_s`` (forward + backward + optimiser step:
+CPU wall time, or GPU time from CUDA events), ``host_s`` (the rest:
+``epoch_s - data_wait_s - compute_s``, floored at 0), ``data_wait_frac``,
+``samples_per_s`` (rows/s, all ranks), ``val_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+TENSORBOARD_DIR = "tensorboard"
+
+_SCALARS = (
+    "train_loss",
+    "val_loss",
+    "lr",
+    "epoch_s",
+    "data_wait_s",
+    "compute_s",
+    "host_s",
+    "data_wait_frac",
+    "samples_per_s",
+    "val_s",
+)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    # JSON has no NaN/inf; write null instead so every line stays standard JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``out_dir/metrics.jsonl`` (empty list if absent)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write the loss-curve PNG (train and validation NLL per epoch) atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    try:
+        ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
+        ax.plot(epochs, [r["val_loss"] for r in history], "s-", ms=3, label="validation")
+        if history:
+            best = min(history, key=lambda r: r["val_loss"])
+            ax.axvline(
+                best["epoch"], color="grey", ls=":", lw=1, label=f"best (epoch {best['epoch']})"
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("negative log-likelihood per row [nats]")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+class MetricsLogger:
+    """Writes epoch records to ``out_dir`` (JSON lines, TensorBoard, PNG).
+
+    Args:
+        out_dir: the run directory.
+        history: records already known (from a resumed checkpoint); the JSON-lines
+            file is rewritten to exactly these before new epochs are appended.
+        enabled: ``False`` on ranks other than 0: every method is then a no-op.
+        tensorboard: also write TensorBoard event files.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        history: Sequence[dict] = (),
+        enabled: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(
+            self.out_dir / METRICS_FILE,
+            "".join(json.dumps({k: _json_safe(v) for k, v in r.items()}) + "\n" for r in history),
+        )
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events of epochs after the resumed checkpoint.
+            self._tb = SummaryWriter(
+                str(self.out_dir / TENSORBOARD_DIR), purge_step=len(history) + 1
+            )
+
+    def log_text(self, tag: str, text: str) -> None:
+        """Record a text note (e.g. the options that were on) in TensorBoard."""
+        if self._tb is not None:
+            self._tb.add_text(tag, text)
+
+    def log_epoch(self, record: dict, history: Sequence[dict]) -> None:
+        """Append ``record`` and refresh the plot of ``history`` (which includes it)."""
+        if not self.enabled:
+            return
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+        if self._tb is not None:
+            for key in _SCALARS:
+                if key in record:
+                    self._tb.add_scalar(key, record[key], record["epoch"])
+            self._tb.flush()
+        plot_losses(history, self.out_dir / LOSS_PLOT)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

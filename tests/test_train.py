@@ -1,0 +1,328 @@
+"""`flashsim train`: learning, exact resume, Ctrl-C, non-finite losses, refused inputs.
+
+Every test trains a real nflows spline flow on real stores written with
+``pipelines.writers.write_store`` and read through ``loaders.open``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wasserstein_distance
+
+from flashsim.errors import FlashSimError
+from flashsim.layouts import layout_for
+from flashsim.model import build_flow, load_model
+from flashsim.train import NonFiniteLossError, TrainConfig, train
+from flashsim.train.checkpoint import read_checkpoint
+from flashsim.train.metrics import read_metrics
+from pipelines.writers import write_store
+
+# A flow small enough for a 2-core CPU; the learning test uses the real `small` preset.
+TINY_FLOW = {"num_flow_steps": 3, "hidden_features": 32, "num_blocks": 1, "num_bins": 8}
+
+
+def synthetic_rows(obj: str, n: int, seed: int) -> np.ndarray:
+    """Rows ``conditioning | targets`` where targets = f(conditioning) + noise (learnable)."""
+    layout = layout_for(obj)
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n, layout.n_conditioning))
+    k = np.arange(layout.n_targets)
+    x = (
+        0.8 * np.tanh(y[:, k % layout.n_conditioning])
+        + 0.4 * y[:, (k + 5) % layout.n_conditioning]
+        + 0.25 * rng.normal(size=(n, layout.n_targets))
+    )
+    return np.concatenate([y, x], axis=1).astype(np.float32)
+
+
+def make_store(
+    tmp_path, obj="jets", fmt="zarr", n_train=8192, n_val=2048, name=None, poison=False, seed=0
+):
+    layout = layout_for(obj)
+    train_rows = synthetic_rows(obj, n_train, seed)
+    if poison:
+        train_rows[n_train // 2, layout.n_conditioning] = 1e30  # one absurd target value
+    suffix = {"zarr": ".zarr", "hdf5": ".h5", "webdataset": "-wds"}[fmt]
+    path = tmp_path / (name or f"{obj}{suffix}")
+    meta = {"object": obj, "layout": layout.to_dict(), "preprocessing": [], "seed": seed}
+    rows = {"train": train_rows, "val": synthetic_rows(obj, n_val, seed + 1)}
+    return write_store(path, fmt, rows, meta, chunk_rows=1024)
+
+
+def quick(store, out, **kw) -> TrainConfig:
+    opts = {
+        "data": store,
+        "out": out,
+        "epochs": 3,
+        "batch_size": 512,
+        "flow": dict(TINY_FLOW),
+        "lr": 2e-3,
+        "progress": False,
+        "tensorboard": False,
+        "threads": 1,  # tiny flows: one thread is faster, and immune to a busy machine
+    }
+    opts.update(kw)
+    return TrainConfig("jets", **opts)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _losses(history):
+    return [(r["epoch"], r["train_loss"], r["val_loss"], r["lr"]) for r in history]
+
+
+# ------------------------------------------------------------------------- learning
+
+
+def test_small_preset_learns_and_writes_its_outputs(tmp_path):
+    store = make_store(tmp_path, n_train=16384, n_val=4096)
+    config = TrainConfig("jets", data=store, out=tmp_path / "run", epochs=3, progress=False)
+    config.threads = 1
+    result = train(config)
+    assert result.status == "completed" and result.epochs_done == 3
+    val = [r["val_loss"] for r in result.history]
+    train_loss = [r["train_loss"] for r in result.history]
+    assert val[-1] < val[0] - 1.0, val  # nats per row: a clear margin
+    assert train_loss[-1] < train_loss[0]
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(3e-3) and all(a > b for a, b in itertools.pairwise(lrs))
+
+    out = tmp_path / "run"
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((out / "tensorboard").iterdir())
+    assert (
+        "1 CPU thread(s); tf32 off, compile off, deterministic on"
+        in (out / "train.log").read_text()
+    )
+    assert json.loads((out / "run.json").read_text())["hparams"]["preset"] == "small"
+    for rec in result.history:
+        parts = rec["data_wait_s"] + rec["compute_s"] + rec["host_s"]
+        assert min(rec["data_wait_s"], rec["compute_s"], rec["host_s"]) >= 0
+        assert parts == pytest.approx(rec["epoch_s"], rel=1e-6) or parts <= rec["epoch_s"] * 1.01
+        assert rec["rows"] == 16 * 1024 and rec["samples_per_s"] > 0
+
+    # Samples of the trained flow are closer to the truth than the untrained flow's.
+    flow, config, meta = load_model(result.best_checkpoint)
+    assert meta["object"] == "jets"
+    untrained = build_flow(config, seed=0).eval()
+    val_rows = synthetic_rows("jets", 4096, 1)  # the store's val split (same seed)
+    layout = layout_for("jets")
+    y = torch.from_numpy(val_rows[:, layout.conditioning])
+    truth = val_rows[:, layout.targets]
+
+    def mean_w1(model) -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            samples = model.sample(1, context=y)[:, 0].numpy()
+        return float(
+            np.mean(
+                [wasserstein_distance(samples[:, j], truth[:, j]) for j in range(truth.shape[1])]
+            )
+        )
+
+    trained_w1, untrained_w1 = mean_w1(flow), mean_w1(untrained)
+    assert trained_w1 < 0.75 * untrained_w1, (trained_w1, untrained_w1)
+
+
+# --------------------------------------------------------------------- exact resume
+
+
+@pytest.mark.parametrize("loader", ["resident", "chunked"])
+def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(tmp_path, loader):
+    store = make_store(tmp_path)
+    full = train(quick(store, tmp_path / "full", loader=loader))
+    paused = train(quick(store, tmp_path / "part", loader=loader, stop_after_epochs=1))
+    assert paused.status == "paused" and paused.epochs_done == 1
+    assert "--resume" in paused.resume_command
+    ckpt = read_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert ckpt["epochs_done"] == 1 and not ckpt["mid_epoch"]
+    resumed = train(
+        TrainConfig(
+            "jets",
+            data=store,
+            out=tmp_path / "part",
+            loader=loader,
+            resume=True,
+            progress=False,
+            tensorboard=False,
+        )
+    )
+    assert resumed.status == "completed"
+    assert _losses(resumed.history) == _losses(full.history)  # bit-identical
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
+
+
+def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path):
+    store = make_store(tmp_path)
+    full = train(quick(store, tmp_path / "full", loader="chunked"))
+    out = tmp_path / "part"
+    trace = out / "trace" / "rank0.jsonl"
+
+    def interrupt_in_second_epoch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if trace.exists():
+                steps = [json.loads(s) for s in trace.read_text().splitlines() if s]
+                if any(s["epoch"] == 1 and s["step"] >= 3 for s in steps):
+                    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, to this process
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=interrupt_in_second_epoch, daemon=True)
+    watcher.start()
+    stopped = train(quick(store, out, loader="chunked", trace=True))
+    watcher.join()
+    assert stopped.status == "interrupted"
+    assert stopped.resume_command.endswith("--resume") and str(out) in stopped.resume_command
+    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["mid_epoch"] and ckpt["epochs_done"] == 1
+    steps_done = ckpt["epoch_progress"][0]["steps"]
+    assert 3 <= steps_done < 16  # 8192 rows / 512 per batch
+    assert ckpt["loader"]["states"][0]["batches_consumed"] == steps_done
+
+    resumed = train(
+        quick(
+            store,
+            out,
+            loader="chunked",
+            resume=True,
+            epochs=None,
+            lr=None,
+            batch_size=None,
+            flow={},
+        )
+    )
+    assert resumed.status == "completed"
+    assert _losses(resumed.history) == _losses(full.history)
+
+
+# ------------------------------------------------------------------- failure modes
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    good = make_store(tmp_path)
+    bad = make_store(tmp_path, name="poisoned.zarr", poison=True)
+    out = tmp_path / "run"
+    train(quick(good, out, stop_after_epochs=1))
+    last = out / "checkpoints" / "last.pt"
+    before = _sha(last)
+    with pytest.raises(NonFiniteLossError, match=r"NaN or infinite at epoch 2.*intact"):
+        train(quick(bad, out, resume=True, epochs=None, lr=None, batch_size=None, flow={}))
+    assert _sha(last) == before
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+    assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())
+
+
+def test_absurd_learning_rate_is_caught_before_anything_is_saved(tmp_path):
+    store = make_store(tmp_path, n_train=4096, n_val=1024)
+    with pytest.raises(NonFiniteLossError, match="learning rate"):
+        train(quick(store, tmp_path / "run", lr=1e10, check_every=2))
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_store_of_the_wrong_object_is_refused(tmp_path):
+    muons = make_store(tmp_path, obj="muons", n_train=2048, n_val=512)
+    with pytest.raises(FlashSimError, match="muons") as err:
+        train(quick(muons, tmp_path / "run"))
+    assert "jets" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_store_with_an_unknown_layout_is_refused(tmp_path):
+    rows = np.zeros((1024, 31), np.float32)
+    store = write_store(
+        tmp_path / "jets.zarr",
+        "zarr",
+        {"train": rows, "val": rows[:256]},
+        {"object": "jets", "layout": {"columns": ["c"] * 30}},
+    )
+    with pytest.raises(FlashSimError, match="unknown layout"):
+        train(quick(store, tmp_path / "run"))
+
+
+def test_existing_run_resume_conflicts_and_bad_options_are_refused(tmp_path):
+    store = make_store(tmp_path, n_train=2048, n_val=512)
+    out = tmp_path / "run"
+    with pytest.raises(FlashSimError, match="no checkpoint to resume"):
+        train(quick(store, out, resume=True))
+    train(quick(store, out, epochs=2, stop_after_epochs=1))
+    with pytest.raises(FlashSimError, match="already holds a training run"):
+        train(quick(store, out))
+    with pytest.raises(FlashSimError, match=r"lr=0\.1 \(checkpoint: 0\.002\)"):
+        train(quick(store, out, resume=True, lr=0.1))
+    with pytest.raises(FlashSimError, match="original-jets"):
+        train(quick(store, tmp_path / "other", loader="original-muons"))
+    with pytest.raises(FlashSimError, match="do not override them"):
+        train(quick(store, tmp_path / "other", flow={**TINY_FLOW, "n_targets": 3}))
+
+
+def test_cli_trains_and_reports_errors_without_traceback(tmp_path):
+    from click.testing import CliRunner
+
+    from flashsim.cli import main
+
+    store = make_store(tmp_path, n_train=2048, n_val=512)
+    runner = CliRunner()
+    args = [
+        "train",
+        "jets",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--flow-steps",
+        "2",
+        "--hidden",
+        "16",
+        "--blocks",
+        "1",
+        "--bins",
+        "4",
+        "--no-progress",
+        "--no-tensorboard",
+        "--checkpoint-every",
+        "1",
+        "--threads",
+        "1",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Done: 1 epochs" in result.output
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-0001.pt", "last.pt"]
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["store"] == str(store)
+
+    make_store(tmp_path / "m", obj="muons", n_train=1024, n_val=256)
+    bad = runner.invoke(
+        main,
+        [
+            "train",
+            "jets",
+            "--data",
+            str(tmp_path / "m" / "muons.zarr"),
+            "--out",
+            str(tmp_path / "run2"),
+        ],
+    )
+    assert bad.exit_code == 2
+    assert "muons" in bad.output and "Traceback" not in bad.output
