@@ -41,9 +41,16 @@ def main() -> None:
 def _register() -> None:
     # Imported here so that `flashsim --help` stays fast and each command module
     # stays independent of the others.
-    from flashsim.cli import toy
+    from flashsim.cli import bench, demo, toy
+    from flashsim.cli import prep as prep_cli
+    from flashsim.cli import train as train_cli
 
     main.add_command(toy.toy)
+    main.add_command(prep_cli.prep)
+    main.add_command(prep_cli.info)
+    main.add_command(train_cli.train)
+    main.add_command(bench.bench_loader)
+    main.add_command(demo.demo)
 
 
 _register()

@@ -1,0 +1,207 @@
+"""``flashsim bench-loader``: throughput and GPU utilisation of every loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from flashsim.layouts import OBJECTS
+
+
+def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("bench-loader")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A store or a directory of stores (flashsim prep --out). Missing formats are "
+    "derived from its rows into the cache. Default: shards/ if it holds the object, "
+    "else toy data made (and cached) for the run.",
+)
+@click.option(
+    "--object",
+    "obj",
+    type=click.Choice(OBJECTS),
+    default="jets",
+    show_default=True,
+    help="Which rows to load and train on.",
+)
+@click.option(
+    "--loaders",
+    "loader_list",
+    callback=_split_list,
+    default=None,
+    help="Comma-separated loader kinds, e.g. original-jets,chunked,resident. "
+    "Default: every kind except auto, the originals included.",
+)
+@click.option(
+    "--model",
+    type=click.Choice(["small", "paper", "none"]),
+    default=None,
+    help="Flow preset trained in training mode; none: load-only.  [default: small]",
+)
+@click.option(
+    "--modes",
+    callback=_split_list,
+    default=None,
+    help="Comma-separated measurements: load, train.  [default: load,train]",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed optimiser steps per training trial.  [default: 50; quick: 10]",
+)
+@click.option(
+    "--load-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed batches per load-only trial, from the start of the second epoch (the "
+    "first is the warm-up).  [default: one epoch]",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Untimed training steps before the timed ones.  [default: 5; quick: 2]",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Interleaved trials per loader and mode; median and spread are "
+    "reported.  [default: 3; quick: 2]",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda[:i]."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="num_workers of every loader.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch compute threads during the run.  [default: torch's, the core count; "
+    "quick: 1, which is steadier on a machine shared with other work]",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training rows of toy data when it is made.  [default: enough for the "
+    "run, at least 200000]",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=Path("bench-out"),
+    show_default=True,
+    help="Default place of the JSON, the PNG and the data cache.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON output.  [default: OUT_DIR/bench-loader.json]",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PNG output.  [default: OUT_DIR/bench-loader.png]",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small toy data (jets 200k rows, muons 60k), small model, few steps, 2 "
+    "repeats, 1 torch thread, its own toy data unless --data is given: under two "
+    "minutes on a 2-core CPU (jets). Other options still override.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def bench_loader(
+    data,
+    obj,
+    loader_list,
+    model,
+    modes,
+    batch_size,
+    steps,
+    load_steps,
+    warmup,
+    repeats,
+    device,
+    workers,
+    threads,
+    rows,
+    seed,
+    out_dir,
+    json_path,
+    plot_path,
+    quick,
+    progress,
+) -> None:
+    """Compare every loader, the original per-row datasets included.
+
+    For each loader two measurements: LOAD (rows/s delivered as tensors on the device)
+    and TRAIN (real optimiser steps of the flow: steps/s, samples/s, the fraction of
+    wall time spent waiting for data, the device's busy fraction, GPU utilisation from
+    NVML on NVIDIA GPUs, CPU utilisation and peak memory of the process tree). Loaders
+    run interleaved, round-robin over the repeats, so a shared machine's drift hits all
+    alike. Prints a table (originals first, then speedups over them) and writes the
+    JSON and the PNG bar chart.
+
+    \b
+    Examples:
+      flashsim bench-loader --quick
+      flashsim bench-loader --data shards/ --object muons --model paper --steps 20
+      flashsim bench-loader --loaders original-jets,chunked --model none
+    """
+    from flashsim.bench import BenchConfig, default_output_paths, format_table, plot, run_benchmark
+
+    options = {
+        "object": obj,
+        "loaders": loader_list,
+        "model": model,
+        "modes": modes,
+        "batch_size": batch_size,
+        "steps": steps,
+        "load_steps": load_steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "device": device,
+        "workers": workers,
+        "threads": threads,
+        "data": str(data) if data else None,
+        "cache_dir": str(out_dir / "data"),
+        "rows": rows,
+        "seed": seed,
+    }
+    if quick:
+        cfg = BenchConfig.quick_config(**options)
+    else:
+        cfg = BenchConfig(**{k: v for k, v in options.items() if v is not None})
+    default_json, default_png = default_output_paths(out_dir)
+    result = run_benchmark(cfg, progress=progress)
+    click.echo(format_table(result))
+    json_out = json_path or default_json
+    png_out = plot_path or default_png
+    from flashsim.bench import write_json
+
+    write_json(result, json_out)
+    plot(result, png_out)
+    click.echo(f"\nJSON: {json_out}\nplot: {png_out}")
