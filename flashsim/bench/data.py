@@ -245,6 +245,7 @@ def prepare_bench_data(
     seed: int = 0,
     use_shards: bool = True,
     progress: bool = False,
+    min_shard_rows: int = 0,
 ) -> BenchData:
     """Find or make the stores of ``obj`` in every format of ``formats``, same rows in all.
 
@@ -258,6 +259,8 @@ def prepare_bench_data(
         seed: seed of the toy generation and of prep.
         use_shards: whether ``shards/`` may be used when ``data`` is ``None``.
         progress: show the toy generation's and prep's progress bars.
+        min_shard_rows: training rows ``shards/`` must hold to be used; fewer (say the
+            few hundred jets of a sample file) cannot feed the run, so toy data is made.
 
     Raises:
         StoreError: ``data`` holds no store of ``obj``, or stores that differ in rows.
@@ -272,7 +275,17 @@ def prepare_bench_data(
     if use_shards:
         found = _stores_in(DEFAULT_DATA_DIR, obj, FORMATS) if DEFAULT_DATA_DIR.is_dir() else {}
         if found:
-            return _complete(obj, found, formats, cache_dir, "shards")
+            train_rows = read_metadata(next(iter(found.values())))["rows"]["train"]
+            if train_rows >= min_shard_rows:
+                return _complete(obj, found, formats, cache_dir, "shards")
+            note = (
+                f"{DEFAULT_DATA_DIR}/ holds only {train_rows:,} {obj} training rows, fewer "
+                f"than the {min_shard_rows:,} this run needs: toy data was made instead "
+                "(pass --data to insist)"
+            )
+            toy = make_toy_data(obj, formats, cache_dir, toy_rows, seed, progress)
+            toy.notes.insert(0, note)
+            return toy
     return make_toy_data(obj, formats, cache_dir, toy_rows, seed, progress)
 
 

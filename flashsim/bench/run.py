@@ -259,6 +259,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
         seed=cfg.seed,
         use_shards=not cfg.quick,
         progress=progress,
+        min_shard_rows=rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps, minimum=0),
     )
     machine = describe_machine(device, data.stores)
     notes = list(data.notes)

@@ -363,9 +363,26 @@ class _Run:
             **common,
         )
         if len(self.train_loader) == 0:
-            raise FlashSimError(
-                f"{self.train_loader.path} has too few training rows ({self.train_loader.n_rows}) for one "
-                f"batch of {batch} per process; use a smaller --batch-size."
+            # A store smaller than one batch (e.g. the few hundred jets of a sample file):
+            # train on whole-store batches rather than refuse; batch norm needs >= 2 rows.
+            fitted = self.train_loader.n_rows // self.ctx.world_size
+            if fitted < 2:
+                raise FlashSimError(
+                    f"{self.train_loader.path} has too few training rows "
+                    f"({self.train_loader.n_rows}) for {self.ctx.world_size} process(es); "
+                    "prepare more events with flashsim prep."
+                )
+            log.warning(
+                "%s has %d training rows, fewer than one batch of %d per process: "
+                "using batches of %d rows.",
+                self.train_loader.path,
+                self.train_loader.n_rows,
+                batch,
+                fitted,
+            )
+            self.hp["batch_size"] = batch = fitted
+            self.train_loader = loaders.open(
+                cfg.data, "train", batch_size=batch, shuffle=True, drop_last=True, **common
             )
         if self.val_loader.n_rows == 0:
             raise FlashSimError(
