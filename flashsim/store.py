@@ -39,6 +39,16 @@ WDS_MANIFEST = "manifest.json"
 HDF5_SPLIT_DATASETS = {"train": "data", "val": "val"}
 """HDF5 dataset name of each split: ``data`` is the original FlashSim name."""
 
+LOADER_KINDS: tuple[str, ...] = (
+    "auto",
+    "chunked",
+    "webdataset",
+    "resident",
+    "original-jets",
+    "original-muons",
+)
+"""Loader kinds of :func:`loaders.open`; here (torch-free) so the CLI and configs share them."""
+
 DEFAULT_DATA_DIR = Path("shards")
 """Where ``flashsim prep`` writes and ``train``/``bench-loader`` read by default."""
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from flashsim.errors import FlashSimError
+from flashsim.store import LOADER_KINDS
 from loaders.base import BaseLoader, resolve_device
 from loaders.chunked import ChunkedZarrLoader
 from loaders.original import OriginalJetsDataset, OriginalLoader, OriginalMuonsDataset
@@ -37,14 +38,7 @@ from loaders.resident import DeviceResidentLoader, split_bytes
 from loaders.sources import StoreInfo, locate, open_units
 from loaders.webdataset_loader import WebDatasetLoader
 
-KINDS: tuple[str, ...] = (
-    "auto",
-    "chunked",
-    "webdataset",
-    "resident",
-    "original-jets",
-    "original-muons",
-)
+KINDS: tuple[str, ...] = LOADER_KINDS
 
 Loader = BaseLoader
 

@@ -50,6 +50,15 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return int(rank), int(world_size)
 
 
+def check_window_options(buffer_chunks: int, prefetch: int, num_workers: int) -> None:
+    """Validate the shuffle-window options shared by the chunked and webdataset loaders."""
+    if int(buffer_chunks) < 1 or int(prefetch) < 1 or int(num_workers) < 0:
+        raise FlashSimError(
+            f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
+            f"{buffer_chunks}, {prefetch}, {num_workers})."
+        )
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``torch.device(device)``, checking that a requested CUDA device exists."""
     try:
@@ -58,8 +67,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise FlashSimError(f"Unknown device {device!r} ({err}); use 'cpu' or 'cuda'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FlashSimError(
-            f"device={device!r} was asked for but no CUDA device is available here; "
-            "use device='cpu'."
+            f"device {device!r} was asked for but torch {torch.__version__} sees no CUDA GPU "
+            "on this machine; use device 'cpu' (--device cpu on the command line)."
         )
     return dev
 

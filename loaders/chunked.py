@@ -30,7 +30,7 @@ import torch
 
 from flashsim.errors import FlashSimError
 from flashsim.layouts import DTYPE
-from loaders.base import BaseLoader, Batch
+from loaders.base import BaseLoader, Batch, check_window_options
 from loaders.plan import EpochPlan, chunk_plan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import HDF5Units, StoreInfo, ZarrUnits, open_units
@@ -79,11 +79,7 @@ class ChunkedZarrLoader(BaseLoader):
                 f"The chunked loader reads zarr or HDF5 stores; {store.path} is "
                 f"{store.format}. Use kind='webdataset'."
             )
-        if int(buffer_chunks) < 1 or int(prefetch) < 1 or int(num_workers) < 0:
-            raise FlashSimError(
-                f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
-                f"{buffer_chunks}, {prefetch}, {num_workers})."
-            )
+        check_window_options(buffer_chunks, prefetch, num_workers)
         super().__init__(
             store,
             split,

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import Layout
-from loaders.base import BaseLoader, Batch
+from loaders.base import BaseLoader, Batch, check_window_options
 from loaders.plan import EpochPlan, chunk_plan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import StoreInfo, WebDatasetUnits, open_units
@@ -181,11 +181,7 @@ class WebDatasetLoader(BaseLoader):
             raise FlashSimError(
                 f"The webdataset loader reads webdataset stores; {store.path} is {store.format}."
             )
-        if int(buffer_chunks) < 1 or int(prefetch) < 1 or int(num_workers) < 0:
-            raise FlashSimError(
-                f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
-                f"{buffer_chunks}, {prefetch}, {num_workers})."
-            )
+        check_window_options(buffer_chunks, prefetch, num_workers)
         super().__init__(
             store,
             split,

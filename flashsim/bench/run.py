@@ -31,6 +31,7 @@ from flashsim.bench.machine import describe_machine
 from flashsim.bench.resources import NvmlProbe
 from flashsim.errors import FlashSimError
 from flashsim.layouts import OBJECTS
+from loaders.base import resolve_device as resolve_loader_device
 
 MODELS: tuple[str, ...] = ("small", "paper", "none")
 
@@ -154,16 +155,7 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; an unavailable CUDA request is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FlashSimError(f"Unknown device {device!r}; use auto, cpu or cuda.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlashSimError(
-            f"--device {device} was asked for but torch {torch.__version__} sees no CUDA GPU "
-            "on this machine. Use --device cpu (or auto)."
-        )
-    return dev
+    return resolve_loader_device(device)
 
 
 def loader_kinds(obj: str, requested: tuple[str, ...] | None) -> list[str]:

@@ -5,16 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashsim.store import DEFAULT_DATA_DIR
+from flashsim.store import DEFAULT_DATA_DIR, LOADER_KINDS
 
-LOADER_KINDS: tuple[str, ...] = (
-    "auto",
-    "chunked",
-    "webdataset",
-    "resident",
-    "original-jets",
-    "original-muons",
-)
+__all__ = ["DEVICES", "LOADER_KINDS", "TrainConfig", "TrainResult"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
