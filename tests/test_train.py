@@ -11,8 +11,6 @@ import itertools
 import json
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from flashsim.errors import FlashSimError
 from flashsim.layouts import layout_for
 from flashsim.model import build_flow, load_model
 from flashsim.train import NonFiniteLossError, TrainConfig, train
+from flashsim.train import trainer as trainer_module
 from flashsim.train.checkpoint import read_checkpoint
 from flashsim.train.metrics import read_metrics
 from pipelines.writers import write_store
@@ -168,34 +167,29 @@ def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(tmp_path, loader
     assert [r["epoch"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
 
 
-@pytest.mark.slow  # timing-dependent (a watcher thread sends the SIGINT): not in the CI suite
-def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path):
-    # 64 steps per epoch: a wide window for the Ctrl-C to land mid-epoch on a busy machine
-    store = make_store(tmp_path, n_train=32768)
+def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    store = make_store(tmp_path)  # 8192 rows: 16 steps of 512 per epoch
     full = train(quick(store, tmp_path / "full", loader="chunked"))
     out = tmp_path / "part"
-    trace = out / "trace" / "rank0.jsonl"
 
-    def interrupt_in_second_epoch():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if trace.exists():
-                steps = [json.loads(s) for s in trace.read_text().splitlines() if s]
-                if any(s["epoch"] == 1 and s["step"] >= 3 for s in steps):
-                    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, to this process
-                    return
-            time.sleep(0.005)
+    # A real SIGINT through the real handler, sent by the training thread itself right
+    # after step 3 of the second epoch: deterministic, unlike a watcher thread's timing.
+    trace_step = trainer_module._Run._trace
 
-    watcher = threading.Thread(target=interrupt_in_second_epoch, daemon=True)
-    watcher.start()
+    def trace_then_interrupt(self, epoch, step, x, y):
+        trace_step(self, epoch, step, x, y)
+        if epoch == 1 and step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer_module._Run, "_trace", trace_then_interrupt)
     stopped = train(quick(store, out, loader="chunked", trace=True))
-    watcher.join()
+    monkeypatch.undo()
     assert stopped.status == "interrupted"
     assert stopped.resume_command.endswith("--resume") and str(out) in stopped.resume_command
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["mid_epoch"] and ckpt["epochs_done"] == 1
     steps_done = ckpt["epoch_progress"][0]["steps"]
-    assert 3 <= steps_done < 64  # 32768 rows / 512 per batch
+    assert steps_done == 3  # the stop is honoured at the next step boundary
     assert ckpt["loader"]["states"][0]["batches_consumed"] == steps_done
 
     resumed = train(
