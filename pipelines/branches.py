@@ -110,26 +110,28 @@ GEN_MUON_DEFINITIONS = ("final-state", "all")
 (the original FlashSim definition, which also counts hard-process copies)."""
 
 
-def required_branches(obj: str, gen_muons: str = "final-state") -> tuple[str, ...]:
-    """Canonical branches object ``obj`` (``"jets"`` or ``"muons"``) needs, in a fixed order."""
+def required_branches(
+    obj: str, gen_muons: str = "final-state", *, generation: bool = False
+) -> tuple[str, ...]:
+    """Canonical branches object ``obj`` (``"jets"`` or ``"muons"``) needs, in a fixed order.
+
+    ``generation=True``: only the generator-level (and pileup) branches that the
+    conditioning of every gen-level object needs (``flashsim generate``).
+    """
+    status = ("GenPart_status",) if gen_muons == "final-state" else ()
     if obj == "jets":
-        status = ("GenPart_status",) if gen_muons == "final-state" else ()
-        return (
-            *JET_KINEMATICS,
-            *GENJET_VALUE_BRANCHES.values(),
-            *GENPART_KINEMATICS,
-            *status,
-            *JET_VALUE_BRANCHES.values(),
-        )
+        gen = (*GENJET_VALUE_BRANCHES.values(), *GENPART_KINEMATICS, *status)
+        return gen if generation else (*JET_KINEMATICS, *gen, *JET_VALUE_BRANCHES.values())
     if obj == "muons":
-        return (
-            *MUON_KINEMATICS,
+        gen = (
             *GENPART_KINEMATICS,
             "GenPart_statusFlags",
             *GENJET_KINEMATICS,
             *PILEUP_BRANCHES.values(),
-            *MUON_VALUE_BRANCHES.values(),
         )
+        if generation:
+            return (*gen, *status)
+        return (*MUON_KINEMATICS, *gen, *MUON_VALUE_BRANCHES.values())
     raise ValueError(f"unknown object {obj!r}")
 
 
@@ -439,11 +441,13 @@ def resolve_branches(
     branch_map: Mapping[str, str | float] | None = None,
     strict: bool = False,
     path: str = "",
+    generation: bool = False,
 ) -> BranchPlan:
     """Decide, for one file with branches ``available``, how each needed branch is read.
 
     Precedence: the user's mapping, then the file's own branch, then a built-in
-    substitute (an error under ``strict``).
+    substitute (an error under ``strict``). ``generation``: only what generation reads
+    (see :func:`required_branches`).
 
     Raises:
         InputError: the file has no generator-level branches (collision data).
@@ -459,7 +463,9 @@ def resolve_branches(
     user = dict(branch_map or {})
     needed: list[str] = []
     for obj in objects:
-        needed += [b for b in required_branches(obj, gen_muons) if b not in needed]
+        needed += [
+            b for b in required_branches(obj, gen_muons, generation=generation) if b not in needed
+        ]
     sources: dict[str, Source] = {}
     missing: list[str] = []
     blocked: list[str] = []

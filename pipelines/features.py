@@ -26,11 +26,12 @@ array([-3.14159265, -3.14159265, -1.57079633])
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
 
-from flashsim.layouts import DTYPE, JETS, MUONS, Layout
+from flashsim.layouts import DTYPE, JETS, MUONS
 from pipelines.branches import (
     GENJET_VALUE_BRANCHES,
     JET_VALUE_BRANCHES,
@@ -142,38 +143,67 @@ def _neighbour_columns(rank: dict, prefix: str, fields: Mapping[str, float]) -> 
     }
 
 
-def _assemble(layout: Layout, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-    missing = set(layout.columns) ^ set(columns)
+def _assemble(names: tuple[str, ...], columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    missing = set(names) ^ set(columns)
     if missing:  # a programming error, never a user one
-        raise AssertionError(f"{layout.object} features mismatch the layout: {sorted(missing)}")
-    n = len(columns[layout.columns[0]])
-    out = np.empty((n, layout.n_columns), dtype=DTYPE)
-    for j, name in enumerate(layout.columns):
+        raise AssertionError(f"features mismatch the layout: {sorted(missing)}")
+    n = len(columns[names[0]])
+    out = np.empty((n, len(names)), dtype=DTYPE)
+    for j, name in enumerate(names):
         out[:, j] = columns[name]
     return out
 
 
-class _Matched:
-    """Reconstructed objects matched to generator-level ones by an index branch.
+class _Partners:
+    """The generator-level objects that rows are built for, one row each.
 
-    ``index_branch`` (e.g. ``Jet_genJetIdx``) points into the collection whose
-    counts are ``gen_counts``; a reco object is matched when ``0 <= index < count``.
+    For training rows (:meth:`matched`) they are the partners of the reconstructed
+    objects an index branch (e.g. ``Jet_genJetIdx``) points to, in reco order; for
+    generation (:meth:`selected`) they are generator-level objects themselves.
+
+    Attributes:
+        counts: rows per event.
+        gen_index: flat index of each row's object in the generator collection.
+        reco_mask: which flat reco objects have a row (``None`` for generation).
     """
 
-    def __init__(self, ev: Mapping, index_branch: str, gen_counts: np.ndarray) -> None:
+    def __init__(
+        self, ev: Mapping, counts: np.ndarray, gen_index: np.ndarray, reco_mask=None
+    ) -> None:
         self.ev = ev
+        self.counts = counts
+        self.gen_index = gen_index
+        self.reco_mask = reco_mask
+
+    @classmethod
+    def matched(cls, ev: Mapping, index_branch: str, gen_counts: np.ndarray) -> _Partners:
+        """Reco objects with ``0 <= index_branch < gen_counts`` of their event."""
         counts, index = _jagged(ev[index_branch])
         event = _event_of(counts)
-        self.mask = (index >= 0) & (index < gen_counts[event])
-        self.counts = np.bincount(event[self.mask], minlength=len(counts))
-        self.gen_index = _starts(gen_counts)[event[self.mask]] + index[self.mask]
+        mask = (index >= 0) & (index < gen_counts[event])
+        return cls(
+            ev,
+            np.bincount(event[mask], minlength=len(counts)),
+            _starts(gen_counts)[event[mask]] + index[mask],
+            mask,
+        )
+
+    @classmethod
+    def selected(cls, ev: Mapping, gen_counts: np.ndarray, mask: np.ndarray) -> _Partners:
+        """The generator objects where the flat ``mask`` is true, in their own order."""
+        event = _event_of(gen_counts)
+        return cls(ev, np.bincount(event[mask], minlength=len(gen_counts)), np.flatnonzero(mask))
+
+    def local_index(self, gen_counts: np.ndarray) -> np.ndarray:
+        """Each row's object's index within its event's generator collection."""
+        return self.gen_index - _starts(gen_counts)[_event_of(self.counts)]
 
     def reco(self, branch: str) -> np.ndarray:
         """``branch`` (a reco collection's) of each matched object, float64."""
-        return _flat(self.ev[branch])[self.mask].astype(np.float64)
+        return _flat(self.ev[branch])[self.reco_mask].astype(np.float64)
 
     def gen(self, branch: str) -> np.ndarray:
-        """``branch`` (the generator collection's) of each matched object's partner."""
+        """``branch`` (the generator collection's) of each row's object."""
         return _flat(self.ev[branch])[self.gen_index]
 
 
@@ -187,12 +217,8 @@ def gen_muon_mask(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") ->
     return mask
 
 
-def jet_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
-    """Raw jet rows ``(n_matched_jets, 31)`` float32 of one step of events."""
-    genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
-    jets = _Matched(ev, "Jet_genJetIdx", genjet_counts)
+def _jet_conditioning(ev: Mapping, jets: _Partners, gen_muons: str) -> dict[str, np.ndarray]:
     columns = {col: jets.gen(b).astype(np.float64) for col, b in GENJET_VALUE_BRANCHES.items()}
-
     part_counts, _ = _jagged(ev["GenPart_pdgId"])
     is_muon = np.asarray(ak.to_numpy(ak.flatten(gen_muon_mask(ev, gen_muons), axis=1)))
     muon_counts = np.bincount(_event_of(part_counts)[is_muon], minlength=len(part_counts))
@@ -211,14 +237,21 @@ def jet_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> 
     }
     columns.update(_neighbour_columns(closest, "MClosestMuon_", neighbour_defaults))
     columns.update(_neighbour_columns(second, "MSecondClosestMuon_", neighbour_defaults))
+    return columns
 
+
+def jet_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+    """Raw jet rows ``(n_matched_jets, 31)`` float32 of one step of events."""
+    genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
+    jets = _Partners.matched(ev, "Jet_genJetIdx", genjet_counts)
+    columns = _jet_conditioning(ev, jets, gen_muons)
     with np.errstate(divide="ignore", invalid="ignore"):  # 0 gen mass/pt: inf/NaN, dropped later
         columns["MJet_etaMinusGen"] = jets.reco("Jet_eta") - columns["MGenJet_eta"]
         columns["MJet_phiMinusGen"] = wrap_phi(jets.reco("Jet_phi") - columns["MGenJet_phi"])
         columns["MJet_ptRatio"] = jets.reco("Jet_pt") / columns["MGenJet_pt"]
         columns["MJet_massRatio"] = jets.reco("Jet_mass") / columns["MGenJet_mass"]
     columns.update({col: jets.reco(b) for col, b in JET_VALUE_BRANCHES.items()})
-    return _assemble(JETS, columns)
+    return _assemble(JETS.columns, columns)
 
 
 def charge_from_pdg_id(pdg_id: np.ndarray) -> np.ndarray:
@@ -239,14 +272,7 @@ def status_bits(flags: np.ndarray, n_bits: int = N_STATUS_BITS) -> np.ndarray:
     return ((flags[:, None] >> np.arange(n_bits)) & 1).astype(np.float64)
 
 
-def muon_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
-    """Raw muon rows ``(n_matched_muons, 52)`` float32 of one step of events.
-
-    ``gen_muons`` is accepted for symmetry with :func:`jet_features` and unused: a
-    muon's partner is ``GenPart[Muon_genPartIdx]`` whatever its status.
-    """
-    part_counts = np.asarray(ak.num(ev["GenPart_pt"], axis=1), dtype=np.int64)
-    muons = _Matched(ev, "Muon_genPartIdx", part_counts)
+def _muon_conditioning(ev: Mapping, muons: _Partners) -> dict[str, np.ndarray]:
     gen = {v: muons.gen(f"GenPart_{v}").astype(np.float64) for v in ("eta", "phi", "pt")}
     columns = {
         "MGenMuon_eta": gen["eta"],
@@ -274,14 +300,67 @@ def muon_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") ->
     )
     for col, b in PILEUP_BRANCHES.items():  # event-level: repeated for each muon
         columns[col] = np.repeat(np.asarray(ev[b], dtype=np.float64), muons.counts)
+    return columns
 
+
+def muon_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+    """Raw muon rows ``(n_matched_muons, 52)`` float32 of one step of events.
+
+    ``gen_muons`` is accepted for symmetry with :func:`jet_features` and unused: a
+    muon's partner is ``GenPart[Muon_genPartIdx]`` whatever its status.
+    """
+    part_counts = np.asarray(ak.num(ev["GenPart_pt"], axis=1), dtype=np.int64)
+    muons = _Partners.matched(ev, "Muon_genPartIdx", part_counts)
+    columns = _muon_conditioning(ev, muons)
     with np.errstate(divide="ignore", invalid="ignore"):
-        columns["MMuon_etaMinusGen"] = muons.reco("Muon_eta") - gen["eta"]
-        columns["MMuon_phiMinusGen"] = wrap_phi(muons.reco("Muon_phi") - gen["phi"])
-        columns["MMuon_ptRatio"] = muons.reco("Muon_pt") / gen["pt"]
+        columns["MMuon_etaMinusGen"] = muons.reco("Muon_eta") - columns["MGenMuon_eta"]
+        columns["MMuon_phiMinusGen"] = wrap_phi(muons.reco("Muon_phi") - columns["MGenMuon_phi"])
+        columns["MMuon_ptRatio"] = muons.reco("Muon_pt") / columns["MGenMuon_pt"]
     columns.update({col: muons.reco(b) for col, b in MUON_VALUE_BRANCHES.items()})
-    return _assemble(MUONS, columns)
+    return _assemble(MUONS.columns, columns)
+
+
+@dataclass(frozen=True)
+class GenConditioning:
+    """Conditioning rows of every generator-level object of one step, for generation.
+
+    Attributes:
+        rows: ``(n, n_conditioning)`` float32, raw (unpreprocessed), in event order.
+        counts: ``(n_events,)`` rows per event.
+        index: ``(n,)`` each row's object's index in its event's ``GenJet`` (jets) or
+            ``GenPart`` (muons) collection: the ``Jet_genJetIdx`` / ``Muon_genPartIdx``
+            that a generated reco object gets.
+    """
+
+    rows: np.ndarray
+    counts: np.ndarray
+    index: np.ndarray
+
+
+def gen_jet_conditioning(
+    ev: Mapping[str, ak.Array], gen_muons: str = "final-state"
+) -> GenConditioning:
+    """Jet conditioning ``(n_genjets, 14)`` of every GenJet of one step of events."""
+    genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
+    jets = _Partners.selected(ev, genjet_counts, np.ones(genjet_counts.sum(), dtype=bool))
+    rows = _assemble(JETS.conditioning_columns, _jet_conditioning(ev, jets, gen_muons))
+    return GenConditioning(rows, jets.counts, jets.local_index(genjet_counts))
+
+
+def gen_muon_conditioning(
+    ev: Mapping[str, ak.Array], gen_muons: str = "final-state"
+) -> GenConditioning:
+    """Muon conditioning ``(n_gen_muons, 30)`` of every gen muon (see
+    :func:`gen_muon_mask`) of one step of events."""
+    part_counts = np.asarray(ak.num(ev["GenPart_pt"], axis=1), dtype=np.int64)
+    is_muon = np.asarray(ak.to_numpy(ak.flatten(gen_muon_mask(ev, gen_muons), axis=1)))
+    muons = _Partners.selected(ev, part_counts, is_muon)
+    rows = _assemble(MUONS.conditioning_columns, _muon_conditioning(ev, muons))
+    return GenConditioning(rows, muons.counts, muons.local_index(part_counts))
 
 
 FEATURES = {"jets": jet_features, "muons": muon_features}
 """Object name -> feature function ``(events, gen_muons) -> rows``."""
+
+GEN_CONDITIONING = {"jets": gen_jet_conditioning, "muons": gen_muon_conditioning}
+"""Object name -> ``(events, gen_muons) -> GenConditioning`` of every gen-level object."""

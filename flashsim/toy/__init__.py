@@ -29,12 +29,12 @@ _EXPORTS = {
     "generate_block": "flashsim.toy.generator",
     "BLOCK_EVENTS": "flashsim.toy.generator",
     "PROCESSES": "flashsim.toy.processes",
-    "ToyEvents": "flashsim.toy.schema",
-    "COLLECTIONS": "flashsim.toy.schema",
-    "EVENT_BRANCHES": "flashsim.toy.schema",
-    "branch_types": "flashsim.toy.schema",
-    "write_events": "flashsim.toy.writer",
-    "DEFAULT_COMPRESSION": "flashsim.toy.writer",
+    "EventChunk": "flashsim.events",
+    "COLLECTIONS": "flashsim.events",
+    "EVENT_BRANCHES": "flashsim.events",
+    "branch_types": "flashsim.events",
+    "write_events": "flashsim.rootfile",
+    "DEFAULT_COMPRESSION": "flashsim.rootfile",
 }
 
 __all__ = sorted(_EXPORTS)

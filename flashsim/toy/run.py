@@ -10,9 +10,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from flashsim.errors import FlashSimError
+from flashsim.events import COLLECTIONS
+from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.toy.generator import get_process, iter_toy_chunks
-from flashsim.toy.schema import COLLECTIONS
-from flashsim.toy.writer import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 
 
 def generate_toy(

@@ -1,10 +1,11 @@
-"""What the toy ``Events`` tree holds: branch names, NanoAOD types, and the in-memory chunk.
+"""The NanoAOD ``Events`` trees flashsim writes (``flashsim toy``, ``flashsim generate``):
+branch names, NanoAOD types, and the in-memory chunk of events.
 
 The names and dtypes match real NanoAOD (checked against the CMS Open Data samples in
 ``shared/data``): counters ``nX`` are uint32, ``Jet_nConstituents`` and
 ``GenJet_hadronFlavour`` uint8, muon ids bool, indices int32.
 
-A :class:`ToyEvents` is one chunk of events as flat numpy arrays plus per-event counts,
+An :class:`EventChunk` is one chunk of events as flat numpy arrays plus per-event counts,
 the cheapest form to generate, slice, concatenate and hand to uproot.
 """
 
@@ -106,7 +107,7 @@ COUNTER_DTYPE = U4
 
 
 def branch_types() -> dict[str, np.dtype]:
-    """Every branch of the toy ``Events`` tree and its dtype (counters included)."""
+    """Every branch of a full toy ``Events`` tree and its dtype (counters included)."""
     out = dict(EVENT_BRANCHES)
     for name, fields in COLLECTIONS.items():
         out["n" + name] = COUNTER_DTYPE
@@ -128,8 +129,8 @@ class Collection:
 
 
 @dataclass
-class ToyEvents:
-    """A chunk of toy events: scalar branches and jagged collections as flat arrays."""
+class EventChunk:
+    """A chunk of events: scalar branches and jagged collections as flat arrays."""
 
     scalars: dict[str, np.ndarray]
     collections: dict[str, Collection]
@@ -137,7 +138,7 @@ class ToyEvents:
     def __len__(self) -> int:
         return len(self.scalars["event"])
 
-    def slice(self, start: int, stop: int) -> ToyEvents:
+    def slice(self, start: int, stop: int) -> EventChunk:
         """Events ``[start, stop)`` (views where possible)."""
         scalars = {k: v[start:stop] for k, v in self.scalars.items()}
         collections = {}
@@ -147,10 +148,10 @@ class ToyEvents:
             collections[name] = Collection(
                 coll.counts[start:stop], {k: v[lo:hi] for k, v in coll.fields.items()}
             )
-        return ToyEvents(scalars, collections)
+        return EventChunk(scalars, collections)
 
     @staticmethod
-    def concatenate(parts: list[ToyEvents]) -> ToyEvents:
+    def concatenate(parts: list[EventChunk]) -> EventChunk:
         """Events of ``parts`` one after the other."""
         if len(parts) == 1:
             return parts[0]
@@ -166,4 +167,4 @@ class ToyEvents:
             )
             for name, coll in first.collections.items()
         }
-        return ToyEvents(scalars, collections)
+        return EventChunk(scalars, collections)

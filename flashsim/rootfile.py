@@ -1,4 +1,4 @@
-"""Chunked, atomic writing of toy events to a NanoAOD-like ROOT file (uproot TTree).
+"""Chunked, atomic writing of events to a NanoAOD-like ROOT file (uproot TTree).
 
 Each chunk is appended with ``TTree.extend`` (one basket per branch per chunk), so memory
 stays bounded whatever the number of events. The file is written under a hidden
@@ -20,7 +20,7 @@ import numpy as np
 import uproot
 
 from flashsim.errors import FlashSimError, StoreError
-from flashsim.toy.schema import COUNTER_DTYPE, ToyEvents
+from flashsim.events import COUNTER_DTYPE, EventChunk
 
 TREE_NAME = "Events"
 
@@ -46,7 +46,7 @@ def parse_compression(spec: str):
     return COMPRESSIONS[name](int(level) if level else 1)
 
 
-def to_awkward(events: ToyEvents) -> dict[str, object]:
+def to_awkward(events: EventChunk) -> dict[str, object]:
     """The ``extend`` payload: scalar numpy arrays and one jagged record array per
     collection, built on the flat buffers without copying them."""
     out: dict[str, object] = dict(events.scalars)
@@ -104,7 +104,7 @@ def check_output(path: Path, overwrite: bool) -> None:
 
 def write_events(
     path: str | os.PathLike,
-    chunks: Iterable[ToyEvents],
+    chunks: Iterable[EventChunk],
     *,
     overwrite: bool = False,
     compression: str = DEFAULT_COMPRESSION,
@@ -149,7 +149,7 @@ def write_events(
                 raise FlashSimError(f"No events to write to {path}: ask for at least one event.")
         if path.exists() and not overwrite:  # appeared while we were writing
             raise StoreError(
-                f"Output {path} appeared while the toy was being written; it was left "
+                f"Output {path} appeared while it was being written; it was left "
                 "untouched. Choose another path or pass overwrite=True."
             )
         os.replace(tmp, path)
