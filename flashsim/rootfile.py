@@ -110,12 +110,14 @@ def write_events(
     compression: str = DEFAULT_COMPRESSION,
     expected_chunks: int = 10,
     on_chunk=None,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write ``chunks`` as the ``Events`` tree of a new ROOT file at ``path``, atomically.
 
     ``expected_chunks`` sizes the basket index up front (uproot rewrites the tree
     metadata whenever it grows). ``on_chunk(n)`` is called after each chunk of ``n``
-    events (progress bars). Returns the number of events and of objects per collection.
+    events (progress bars). ``extra`` strings are stored next to the tree as ``TObjString``
+    (e.g. provenance as JSON). Returns the number of events and of objects per collection.
     """
     path = Path(path)
     codec = parse_compression(compression)
@@ -147,6 +149,8 @@ def write_events(
                     on_chunk(len(chunk))
             if tree is None:
                 raise FlashSimError(f"No events to write to {path}: ask for at least one event.")
+            for name, text in (extra or {}).items():
+                file[name] = text
         if path.exists() and not overwrite:  # appeared while we were writing
             raise StoreError(
                 f"Output {path} appeared while it was being written; it was left "

@@ -39,12 +39,14 @@ class Step:
 
     ``forward`` and ``inverse`` take and return 1-D float64 arrays (a column).
     ``invertible`` is False when information is lost (clipping, replacing failed
-    values); the inverse is then the identity, which is what generation wants.
+    values); the inverse then maps into the forward's range (identity, or clipping
+    again), which is what generation wants. ``inverse_note`` describes it in metadata.
     """
 
     kind: ClassVar[str] = ""
     invertible: ClassVar[bool] = True
     random: ClassVar[bool] = False
+    inverse_note: ClassVar[str] = ""
 
     def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         raise NotImplementedError
@@ -62,7 +64,12 @@ class Step:
 
 @dataclass(frozen=True)
 class Clip(Step):
-    """``clip(x, lo, hi)``; ``None`` means unbounded. Inverse: identity (lossy)."""
+    """``clip(x, lo, hi)``; ``None`` means unbounded.
+
+    Inverse: clip to the same range. The clipped tails cannot be recovered, and a flow
+    may sample a little outside the range it was trained on (e.g. a negative pT ratio);
+    clipping again keeps generated values where the training data was.
+    """
 
     lo: float | None = None
     hi: float | None = None
@@ -74,8 +81,10 @@ class Clip(Step):
         hi = np.inf if self.hi is None else self.hi
         return np.clip(x, lo, hi)
 
+    inverse_note: ClassVar[str] = "clip to the same range (lossy)"
+
     def inverse(self, y):
-        return y
+        return self.forward(y)
 
     def describe(self):
         return f"clip(x, {self.lo}, {self.hi})"
@@ -139,7 +148,12 @@ class Log1p(Step):
 
 @dataclass(frozen=True)
 class Arctan(Step):
-    """``arctan(scale * (x - shift))``; inverse ``tan(y) / scale + shift``."""
+    """``arctan(scale * (x - shift))``; inverse ``tan(y) / scale + shift``.
+
+    The forward's range is (-π/2, π/2); a flow may sample outside it, where ``tan``
+    would wrap around to the opposite sign. The inverse first clamps ``y`` just inside
+    the range, so it stays monotonic (far tails map to large values of the right sign).
+    """
 
     scale: float = 1.0
     shift: float = 0.0
@@ -149,7 +163,8 @@ class Arctan(Step):
         return np.arctan(self.scale * (x - self.shift))
 
     def inverse(self, y):
-        return np.tan(y) / self.scale + self.shift
+        edge = np.nextafter(np.pi / 2, 0.0)
+        return np.tan(np.clip(y, -edge, edge)) / self.scale + self.shift
 
     def describe(self):
         inner = f"(x - {self.shift})" if self.shift else "x"
@@ -222,16 +237,22 @@ class Preprocessing:
         for name, _ in self.steps:
             self.layout.index(name)  # KeyError on a column outside the layout
 
-    def forward(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Apply every step in order; ``rows`` is ``(N, n_columns)``. Returns a new float32 array.
+    def forward(
+        self, rows: np.ndarray, rng: np.random.Generator, columns: slice | None = None
+    ) -> np.ndarray:
+        """Apply every step in order. Returns a new float32 array of the same shape.
 
+        ``rows`` is ``(N, n_columns)``, or ``(N, k)`` holding only the columns
+        ``columns`` (e.g. ``layout.conditioning`` when generating from gen-level objects).
         Random steps draw in step order from ``rng``, so the output depends only on
         the input rows and the generator's state.
         """
+        offset, stop = self._bounds(columns)
         out = np.array(rows, dtype=DTYPE, copy=True)
         for name, step in self.steps:
             j = self.layout.index(name)
-            out[:, j] = step.forward(out[:, j].astype(np.float64), rng)
+            if offset <= j < stop:
+                out[:, j - offset] = step.forward(out[:, j - offset].astype(np.float64), rng)
         return out
 
     def inverse(self, rows: np.ndarray, columns: slice | None = None) -> np.ndarray:
@@ -240,15 +261,19 @@ class Preprocessing:
         ``rows`` is ``(N, n_columns)``, or ``(N, k)`` holding only the columns
         ``columns`` (e.g. ``layout.targets`` for generated targets).
         """
-        columns = columns or slice(0, self.layout.n_columns)
-        offset = columns.start or 0
-        stop = columns.stop if columns.stop is not None else self.layout.n_columns
+        offset, stop = self._bounds(columns)
         out = np.array(rows, dtype=DTYPE, copy=True)
         for name, step in reversed(self.steps):
             j = self.layout.index(name)
             if offset <= j < stop:
                 out[:, j - offset] = step.inverse(out[:, j - offset].astype(np.float64))
         return out
+
+    def _bounds(self, columns: slice | None) -> tuple[int, int]:
+        if columns is None:
+            return 0, self.layout.n_columns
+        stop = columns.stop if columns.stop is not None else self.layout.n_columns
+        return columns.start or 0, stop
 
     def to_dict(self) -> list[dict]:
         """JSON-serialisable list, one entry per step, in application order."""
@@ -258,7 +283,8 @@ class Preprocessing:
                 "index": self.layout.index(name),
                 **step.to_dict(),
                 "formula": step.describe(),
-                "inverse": "identity (lossy)" if not step.invertible else "exact",
+                "inverse": step.inverse_note
+                or ("exact" if step.invertible else "identity (lossy)"),
             }
             for name, step in self.steps
         ]

@@ -60,7 +60,12 @@ def check_window_options(buffer_chunks: int, prefetch: int, num_workers: int) ->
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``, checking that a requested CUDA device exists."""
+    """``torch.device(device)``, checking that a requested CUDA device exists.
+
+    ``"auto"``: CUDA when available, else the CPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:

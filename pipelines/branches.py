@@ -457,8 +457,14 @@ def resolve_branches(
     if not any(b.startswith(_GEN_MARKERS) for b in have):
         raise InputError(
             f"{path} has no generator-level branches (no GenJet_* or GenPart_*): this looks "
-            "like collision data. flashsim prep needs simulated NanoAOD, where each "
-            "reconstructed jet and muon is matched to its generator-level partner."
+            "like collision data. "
+            + (
+                "flashsim generate simulates reconstructed objects from generator-level "
+                "ones: give it simulated (or generator-only) NanoAOD."
+                if generation
+                else "flashsim prep needs simulated NanoAOD, where each reconstructed jet "
+                "and muon is matched to its generator-level partner."
+            )
         )
     user = dict(branch_map or {})
     needed: list[str] = []

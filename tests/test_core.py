@@ -60,6 +60,11 @@ def test_muon_preprocessing_inverts_to_physical_values():
     # targets alone, as generation produces them
     back_t = MUON_PREPROCESSING.inverse(pre[:, MUONS.targets], MUONS.targets)
     np.testing.assert_allclose(back_t, rows[:, MUONS.targets], rtol=2e-4, atol=2e-4)
+    # conditioning alone, as generation feeds it: the same values as the full rows
+    cond = MUON_PREPROCESSING.forward(
+        rows[:, MUONS.conditioning], np.random.default_rng(0), MUONS.conditioning
+    )
+    np.testing.assert_array_equal(cond, pre[:, MUONS.conditioning])
 
 
 def test_transforms_match_spec_formulas():

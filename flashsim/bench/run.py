@@ -31,7 +31,7 @@ from flashsim.bench.machine import describe_machine
 from flashsim.bench.resources import NvmlProbe
 from flashsim.errors import FlashSimError
 from flashsim.layouts import OBJECTS
-from loaders.base import resolve_device as resolve_loader_device
+from loaders.base import resolve_device
 
 MODELS: tuple[str, ...] = ("small", "paper", "none")
 
@@ -149,13 +149,6 @@ class BenchConfig:
             problems.append("--threads must be >= 1")
         if problems:
             raise FlashSimError("Invalid benchmark settings: " + "; ".join(problems) + ".")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_loader_device(device)
 
 
 def loader_kinds(obj: str, requested: tuple[str, ...] | None) -> list[str]:

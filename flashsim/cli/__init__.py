@@ -34,6 +34,8 @@ def main() -> None:
       flashsim toy --events 100000 --out ttbar_toy.root
       flashsim prep ttbar_toy.root --out shards/
       flashsim train jets
+      flashsim validate jets
+      flashsim generate ttbar_toy.root --out flash.root
       flashsim bench-loader --quick
     """
 
@@ -42,15 +44,19 @@ def _register() -> None:
     # Imported here so that `flashsim --help` stays fast and each command module
     # stays independent of the others.
     from flashsim.cli import bench, demo, toy
+    from flashsim.cli import generate as generate_cli
     from flashsim.cli import prep as prep_cli
     from flashsim.cli import train as train_cli
+    from flashsim.cli import validate as validate_cli
 
     main.add_command(toy.toy)
     main.add_command(prep_cli.prep)
     main.add_command(prep_cli.info)
     main.add_command(train_cli.train)
+    main.add_command(generate_cli.generate)
     main.add_command(bench.bench_loader)
     main.add_command(demo.demo)
+    main.add_command(validate_cli.validate)
 
 
 _register()

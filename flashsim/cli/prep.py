@@ -9,6 +9,7 @@ import logging
 
 import click
 
+from flashsim.cli.options import branch_map_options, branch_mapping
 from flashsim.store import DEFAULT_DATA_DIR, FORMATS
 
 
@@ -101,19 +102,7 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     default="log1p",
     help="Pileup_sumEOOT transform; log reproduces the original (rows with 0 dropped, counted).",
 )
-@click.option(
-    "--branch-map",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help='JSON file {"Jet_puId": "Jet_puIdDisc", "Jet_qgl": -1, ...} for branches the input lacks.',
-)
-@click.option(
-    "--branch",
-    "branch_options",
-    multiple=True,
-    metavar="NAME=SOURCE",
-    help="Read branch NAME from branch SOURCE, or set it to a constant (repeatable).",
-)
+@branch_map_options
 @click.option(
     "--dask-scheduler",
     default=None,
@@ -157,11 +146,9 @@ def prep(
       flashsim prep files.txt --branch Jet_puId=-1 --branch-map newer_nano.json
       flashsim prep big/ --dask-scheduler tcp://scheduler:8786
     """
-    from pipelines.branches import load_branch_map, parse_branch_option
     from pipelines.prep import prep as run_prep
 
-    mapping = dict(load_branch_map(branch_map)) if branch_map else {}
-    mapping.update(parse_branch_option(text) for text in branch_options)
+    mapping = branch_mapping(branch_map, branch_options)
     with _warnings_to_stderr():
         summary = run_prep(
             inputs,

@@ -54,6 +54,7 @@ from flashsim.train.checkpoint import (
 from flashsim.train.config import DEVICES, LOADER_KINDS, TrainConfig, TrainResult
 from flashsim.train.interrupt import StopRequest
 from flashsim.train.metrics import MetricsLogger
+from loaders.base import resolve_device as resolve_loader_device
 
 log = logging.getLogger("flashsim.train")
 
@@ -97,17 +98,11 @@ def row_fingerprints(rows: np.ndarray) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    """One of :data:`DEVICES` (``"auto"``: CUDA when available, else CPU) as a device;
+    ``"cuda"`` without a GPU is an error."""
     if name not in DEVICES:
         raise FlashSimError(f"Unknown device {name!r}; choose one of {', '.join(DEVICES)}.")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FlashSimError(
-            "--device cuda was requested but PyTorch sees no CUDA GPU here; use --device cpu "
-            "(or auto)."
-        )
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return resolve_loader_device(name)
 
 
 def check_loader_kind(obj: str, kind: str) -> None:

@@ -1,0 +1,401 @@
+"""FlashSim generation: NanoAOD-like reconstructed jets and muons from generator-level
+events, sampled from trained flows.
+
+For every ``GenJet`` (jets model) and every gen muon (muons model: ``GenPart`` with
+``|pdgId| == 13``, ``status == 1`` unless the model was trained with ``gen_muons="all"``)
+of each input event, the conditioning is computed exactly as ``flashsim prep`` computes it
+(:mod:`pipelines.features`), preprocessed with the chain stored in the checkpoint, and
+one reconstructed object is sampled. Targets are mapped back to physical units and to
+NanoAOD branches:
+
+* ``Jet_pt = MJet_ptRatio * GenJet_pt``, ``Jet_eta = GenJet_eta + MJet_etaMinusGen``,
+  ``Jet_phi`` likewise (wrapped to [-π, π)), ``Jet_mass = MJet_massRatio * GenJet_mass``
+  (ratios below 0 set to 0: a badly trained flow can sample them);
+  the other targets are copied (integers rounded); ``Jet_genJetIdx`` points to the
+  GenJet, ``Jet_hadronFlavour``/``Jet_partonFlavour`` are the GenJet's;
+* ``Muon_pt``, ``Muon_eta``, ``Muon_phi`` the same way from the gen muon,
+  ``Muon_charge`` from its pdgId, ``Muon_mass`` the muon mass, ids as booleans,
+  ``Muon_genPartIdx`` pointing to the ``GenPart``.
+
+Objects are sorted by decreasing pT within each event, as in NanoAOD. The output file
+also holds the generator-level collections read (``GenJet_*``, ``GenPart_*``),
+``run``/``luminosityBlock``/``event`` and, with a muons model, ``Pileup_*``, so it can be
+compared with full simulation object by object. A ``flashsim`` string in the file records
+the models, seed and inputs. Every generator-level object gets a reconstructed one (the
+flows model the response, not the efficiency).
+
+Examples
+--------
+>>> from flashsim.generate import generate
+>>> summary = generate(["ttbar_toy.root"], "flash.root", jets="runs/jets")  # doctest: +SKIP
+>>> summary.counts["Jet"]                                                   # doctest: +SKIP
+7158351
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+from tqdm.auto import tqdm
+
+from flashsim import __version__
+from flashsim.errors import FlashSimError, InputError
+from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
+from flashsim.layouts import Layout
+from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
+from flashsim.sampling import TrainedFlow
+from loaders.base import resolve_device
+from pipelines.branches import (
+    GENJET_VALUE_BRANCHES,
+    JET_VALUE_BRANCHES,
+    MUON_VALUE_BRANCHES,
+    BranchPlan,
+    materialize,
+    resolve_branches,
+)
+from pipelines.features import GEN_CONDITIONING, charge_from_pdg_id, wrap_phi
+from pipelines.inputs import expand_inputs
+from pipelines.nanoaod import close_cached, inspect_nanoaod, iterate_steps
+from pipelines.tasks import DEFAULT_STEP_EVENTS
+
+OBJECTS = ("jets", "muons")
+COLLECTION_OF = {"jets": "Jet", "muons": "Muon"}
+"""Output collection of each object."""
+MUON_MASS = 0.1056583755
+"""GeV (PDG 2024)."""
+ID_BRANCHES = ("run", "luminosityBlock", "event")
+_GENPART_FIELDS = ("pt", "eta", "phi", "pdgId", "status", "statusFlags")
+
+
+@dataclass
+class GenerateSummary:
+    """What :func:`generate` wrote.
+
+    Attributes:
+        out: the ROOT file.
+        events: events written.
+        counts: objects written per collection (``{"Jet": n, "Muon": n, "GenJet": n, ...}``).
+        skipped: generator-level objects without a reconstructed one because their
+            conditioning was not finite (e.g. a GenJet of zero pT), per object.
+        seconds: wall time.
+        models: checkpoint used per object.
+    """
+
+    out: Path
+    events: int
+    counts: dict[str, int]
+    skipped: dict[str, int]
+    seconds: float
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _step_seed(seed: int, file_index: int, step: int, obj: str) -> int:
+    """An independent 63-bit seed per (seed, file, step, object): reproducible, order-free."""
+    sequence = np.random.SeedSequence([seed, file_index, step, OBJECTS.index(obj)])
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _sort_by_pt(counts: np.ndarray, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Objects of each event by decreasing ``pt`` (one stable sort on all events at once)."""
+    event = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((-fields["pt"], event))
+    return {k: v[order] for k, v in fields.items()}
+
+
+def _typed(collection: str, fields: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    dtypes = COLLECTIONS[collection]
+    out = {}
+    for name, values in fields.items():
+        dtype = dtypes[name]
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            values = np.clip(np.round(values), info.min, info.max)
+        elif dtype.kind == "b":
+            values = values >= 0.5
+        out[name] = np.asarray(values).astype(dtype, copy=False)
+    return out
+
+
+def _column(layout: Layout, rows: np.ndarray, name: str, *, targets: bool) -> np.ndarray:
+    """Column ``name`` of conditioning rows or of target rows, float64."""
+    j = layout.index(name) - (layout.n_conditioning if targets else 0)
+    return rows[:, j].astype(np.float64)
+
+
+def reco_jets(layout: Layout, conditioning: np.ndarray, targets: np.ndarray) -> dict:
+    """``Jet_*`` fields from raw conditioning ``(n, 14)`` and physical targets ``(n, 17)``."""
+
+    def gen(name):
+        return _column(layout, conditioning, name, targets=False)
+
+    def reco(name):
+        return _column(layout, targets, name, targets=True)
+
+    # a pT or mass is never negative, whatever a (badly trained) flow samples
+    fields = {
+        "pt": np.maximum(reco("MJet_ptRatio"), 0.0) * gen("MGenJet_pt"),
+        "eta": gen("MGenJet_eta") + reco("MJet_etaMinusGen"),
+        "phi": wrap_phi(gen("MGenJet_phi") + reco("MJet_phiMinusGen")),
+        "mass": np.maximum(reco("MJet_massRatio"), 0.0) * gen("MGenJet_mass"),
+    }
+    fields.update({b.removeprefix("Jet_"): reco(c) for c, b in JET_VALUE_BRANCHES.items()})
+    fields["hadronFlavour"] = gen("MGenJet_hadronFlavour")
+    fields["partonFlavour"] = gen("MGenJet_partonFlavour")
+    return fields
+
+
+def reco_muons(
+    layout: Layout, conditioning: np.ndarray, targets: np.ndarray, pdg_id: np.ndarray
+) -> dict:
+    """``Muon_*`` fields from raw conditioning ``(n, 30)``, physical targets ``(n, 22)``
+    and the gen muons' pdgId ``(n,)``."""
+
+    def gen(name):
+        return _column(layout, conditioning, name, targets=False)
+
+    def reco(name):
+        return _column(layout, targets, name, targets=True)
+
+    fields = {
+        "pt": np.maximum(reco("MMuon_ptRatio"), 0.0) * gen("MGenMuon_pt"),
+        "eta": gen("MGenMuon_eta") + reco("MMuon_etaMinusGen"),
+        "phi": wrap_phi(gen("MGenMuon_phi") + reco("MMuon_phiMinusGen")),
+        "mass": np.full(len(conditioning), MUON_MASS),
+        "charge": charge_from_pdg_id(pdg_id),
+    }
+    fields.update({b.removeprefix("Muon_"): reco(c) for c, b in MUON_VALUE_BRANCHES.items()})
+    return fields
+
+
+def _flat(array) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.flatten(array, axis=1)))
+
+
+def _counts(array) -> np.ndarray:
+    return np.asarray(ak.num(array, axis=1), dtype=np.int64)
+
+
+def _simulate(model: TrainedFlow, ev: Mapping, gen_muons: str, seed: int) -> tuple[Collection, int]:
+    """Sample one reconstructed object per gen-level object of one step."""
+    obj = model.object
+    gen = GEN_CONDITIONING[obj](ev, gen_muons)
+    finite = np.isfinite(gen.rows).all(axis=1)
+    rows, index = gen.rows[finite], gen.index[finite]
+    event = np.repeat(np.arange(len(gen.counts)), gen.counts)[finite]
+    counts = np.bincount(event, minlength=len(gen.counts))
+    conditioning = model.preprocess_conditioning(rows, seed=seed)
+    targets = model.to_physical(model.sample(conditioning, seed=seed))
+    if obj == "jets":
+        fields = reco_jets(model.layout, rows, targets)
+        fields["genJetIdx"] = index
+    else:
+        starts = np.cumsum(_counts(ev["GenPart_pt"])) - _counts(ev["GenPart_pt"])
+        pdg_id = _flat(ev["GenPart_pdgId"])[starts[event] + index]
+        fields = reco_muons(model.layout, rows, targets, pdg_id)
+        fields["genPartIdx"] = index
+    collection = COLLECTION_OF[obj]
+    fields = _typed(collection, _sort_by_pt(counts, fields))
+    return Collection(counts, fields), int((~finite).sum())
+
+
+def _gen_collections(ev: Mapping) -> dict[str, Collection]:
+    """The generator-level collections read, copied with their NanoAOD types."""
+    out = {}
+    for name, fields in (
+        ("GenJet", [b.removeprefix("GenJet_") for b in GENJET_VALUE_BRANCHES.values()]),
+        ("GenPart", _GENPART_FIELDS),
+    ):
+        present = [f for f in fields if f"{name}_{f}" in ev]
+        if present:
+            counts = _counts(ev[f"{name}_{present[0]}"])
+            values = {f: _flat(ev[f"{name}_{f}"]) for f in present}
+            out[name] = Collection(counts, _typed(name, values))
+    return out
+
+
+def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int) -> dict:
+    out = {}
+    for name in ID_BRANCHES:
+        if name in raw:
+            out[name] = np.asarray(raw[name]).astype(EVENT_BRANCHES[name], copy=False)
+    if "event" not in out:  # EventChunk counts events by this branch
+        out["event"] = np.arange(first_event, first_event + n_events, dtype=EVENT_BRANCHES["event"])
+    for name, dtype in EVENT_BRANCHES.items():
+        if name.startswith("Pileup_") and name in ev:
+            out[name] = np.asarray(ev[name]).astype(dtype, copy=False)
+    return out
+
+
+@dataclass(frozen=True)
+class _Input:
+    index: int
+    path: Path
+    n_events: int
+    plan: BranchPlan
+    ids: tuple[str, ...]
+
+
+def _plan_inputs(
+    inputs: Iterable[str | os.PathLike],
+    objects: tuple[str, ...],
+    gen_muons: str,
+    branch_map: Mapping[str, str | float] | None,
+) -> list[_Input]:
+    files = expand_inputs(inputs)
+    hdf5 = [str(f.path) for f in files if f.kind != "root"]
+    if hdf5:
+        raise InputError(
+            f"{', '.join(hdf5)}: generation reads generator-level events from NanoAOD ROOT "
+            "files; FlashSim HDF5 files hold training rows, not events. Pass the NanoAOD "
+            "files the rows came from."
+        )
+    planned = []
+    for i, f in enumerate(files):
+        info = inspect_nanoaod(f.path)
+        plan = resolve_branches(
+            info.branches,
+            objects,
+            gen_muons=gen_muons,
+            branch_map=branch_map,
+            path=str(f.path),
+            generation=True,
+        )
+        ids = tuple(b for b in ID_BRANCHES if b in info.branches and b not in plan.reads)
+        planned.append(_Input(i, f.path, info.n_events, plan, ids))
+    return planned
+
+
+def _gen_muon_definition(models: Mapping[str, TrainedFlow]) -> str:
+    definitions = {
+        m.metadata.get("options", {}).get("gen_muons", "final-state") for m in models.values()
+    }
+    if len(definitions) > 1:
+        raise FlashSimError(
+            "The jets and muons models were trained on stores prepared with different gen-muon "
+            f"definitions ({', '.join(sorted(definitions))}); generate them in two runs."
+        )
+    return definitions.pop()
+
+
+def _chunks(
+    planned: list[_Input],
+    models: Mapping[str, TrainedFlow],
+    gen_muons: str,
+    seed: int,
+    step_events: int,
+    skipped: dict[str, int],
+) -> Iterator[EventChunk]:
+    first_event = 0
+    for inp in planned:
+        reads = [*inp.plan.reads, *inp.ids]
+        for step, n_events, arrays in iterate_steps(inp.path, reads, 0, inp.n_events, step_events):
+            ev = materialize(arrays, inp.plan, n_events)
+            collections = _gen_collections(ev)
+            for obj, model in models.items():
+                coll, bad = _simulate(model, ev, gen_muons, _step_seed(seed, inp.index, step, obj))
+                collections[COLLECTION_OF[obj]] = coll
+                skipped[obj] += bad
+            yield EventChunk(_scalars(ev, arrays, n_events, first_event), collections)
+            first_event += n_events
+        close_cached()
+
+
+def generate(
+    inputs: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    jets: str | os.PathLike | None = None,
+    muons: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    step_events: int = DEFAULT_STEP_EVENTS,
+    branch_map: Mapping[str, str | float] | None = None,
+    compression: str = DEFAULT_COMPRESSION,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> GenerateSummary:
+    """Simulate the reconstructed jets and/or muons of NanoAOD events with trained flows.
+
+    Args:
+        inputs: NanoAOD ROOT files, globs, directories or ``.txt`` lists (as ``prep``).
+        out: the ROOT file to write (``Events`` tree), atomically.
+        jets: a jets run directory (``runs/jets``) or checkpoint; ``None``: no jets.
+        muons: the same for muons. At least one of the two.
+        seed: same inputs, models, seed and device: same output.
+        device: where the flows run: ``auto`` (CUDA if available), ``cpu``, ``cuda``.
+        step_events: events read, simulated and written per step (bounds memory).
+        branch_map: input branch substitutions, as ``prep --branch``.
+        compression: ``lz4`` (default), ``zstd``, ``zlib``, ``lzma``, ``none``, or ``NAME:LEVEL``.
+        overwrite: replace ``out`` if it exists.
+        progress: show a progress bar.
+
+    Raises:
+        FlashSimError: no model, unreadable checkpoint, bad input (collision data,
+            missing generator-level branches, HDF5), existing ``out`` without ``overwrite``.
+    """
+    start = time.perf_counter()
+    paths = {"jets": jets, "muons": muons}
+    if all(p is None for p in paths.values()):
+        raise FlashSimError(
+            "Nothing to generate: give a trained jets model, a muons model or both "
+            "(--jets runs/jets --muons runs/muons; `flashsim train jets` writes runs/jets)."
+        )
+    if step_events < 1:
+        raise FlashSimError(f"step_events must be at least 1, not {step_events}.")
+    out = Path(out)
+    check_output(out, overwrite)
+    parse_compression(compression)  # a bad codec fails before any work
+    dev = resolve_device(device)
+    models = {o: TrainedFlow.load(p, device=dev) for o, p in paths.items() if p is not None}
+    for obj, model in models.items():
+        if model.object != obj:
+            raise FlashSimError(
+                f"{model.checkpoint} models {model.object}, but it was given as the {obj} "
+                f"model; pass it as --{model.object}."
+            )
+    gen_muons = _gen_muon_definition(models)
+    planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
+    total = sum(inp.n_events for inp in planned)
+    if total == 0:
+        raise InputError(
+            f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
+        )
+    provenance = {
+        "tool": f"flashsim {__version__}",
+        "models": {o: str(m.checkpoint) for o, m in models.items()},
+        "seed": seed,
+        "gen_muons": gen_muons,
+        "inputs": [str(i.path) for i in planned],
+    }
+    skipped = dict.fromkeys(models, 0)
+    with tqdm(
+        total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
+    ) as bar:
+        counts = write_events(
+            out,
+            _chunks(planned, models, gen_muons, seed, step_events, skipped),
+            overwrite=overwrite,
+            compression=compression,
+            expected_chunks=-(-total // step_events),
+            on_chunk=bar.update,
+            extra={"flashsim": json.dumps(provenance)},
+        )
+    return GenerateSummary(
+        out=out,
+        events=counts.pop("events"),
+        counts=counts,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        models=provenance["models"],
+    )
