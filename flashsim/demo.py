@@ -1,4 +1,5 @@
-"""The end-to-end demo on the embedded toy data: generate → prep → train → benchmark.
+"""The end-to-end demo on the embedded toy data: toy → prep → train → validate → generate
+→ benchmark.
 
 ``flashsim demo`` runs the whole workflow a user would, with nothing to download:
 
@@ -6,7 +7,11 @@
 2. ``flashsim prep``: jets and muons stores (``OUT/shards/``);
 3. ``flashsim train jets --preset small``: a few epochs on the CPU (``OUT/runs/jets/``,
    with ``loss.png``);
-4. ``flashsim bench-loader --quick``: every loader against the originals
+4. ``flashsim validate jets``: the flow against full simulation on the validation split
+   (``OUT/runs/jets/validation/validation.png`` and ``.json``);
+5. ``flashsim generate``: the toy events simulated again by the trained flow, as NanoAOD
+   (``OUT/flashsim.root``);
+6. ``flashsim bench-loader --quick``: every loader against the originals
    (``OUT/bench-loader.png``, ``OUT/bench-loader.json``).
 
 Each step calls the same library function as its command.
@@ -33,6 +38,8 @@ class DemoResult:
     toy: Path
     shards: Path
     run: Path
+    validation: Path
+    generated: Path
     bench_json: Path | None
     bench_plot: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -53,16 +60,19 @@ def run_demo(
     bench: bool = True,
     progress: bool = True,
 ) -> DemoResult:
-    """Run toy → prep → train (small preset, jets) → quick loader benchmark in ``out``.
+    """Run toy → prep → train (small preset, jets) → validate → generate → quick loader
+    benchmark in ``out``.
 
     The toy file is reused when it already exists (it is written atomically, so an
-    existing one is complete); the stores, run and benchmark are made anew.
+    existing one is complete); everything else is made anew.
     ``steps_per_epoch`` caps the optimiser steps of each training epoch (``None``: whole
     epochs), so the demo takes minutes on a laptop CPU.
     """
     from flashsim.bench import BenchConfig, format_table, plot, run_benchmark, write_json
+    from flashsim.generate import generate
     from flashsim.toy import generate_toy
     from flashsim.train import TrainConfig, train
+    from flashsim.validate import validate
     from pipelines.prep import prep
 
     out = Path(out)
@@ -70,20 +80,20 @@ def run_demo(
     toy_path, shards, run_dir = out / "ttbar_toy.root", out / "shards", out / "runs" / "jets"
     seconds: dict[str, float] = {}
 
-    t = _step(f"1/4 toy: {events:,} ttbar events -> {toy_path}")
+    t = _step(f"1/6 toy: {events:,} ttbar events -> {toy_path}")
     if toy_path.exists():
         click.echo(f"{toy_path} exists; reusing it (delete it to regenerate).")
     else:
         generate_toy(toy_path, events, seed=seed, progress=progress)
     seconds["toy"] = time.perf_counter() - t
 
-    t = _step(f"2/4 prep: {toy_path} -> {shards}/")
+    t = _step(f"2/6 prep: {toy_path} -> {shards}/")
     summary = prep([toy_path], shards, seed=seed, overwrite=True, progress=progress)
     click.echo(str(summary))
     seconds["prep"] = time.perf_counter() - t
 
     t = _step(
-        f"3/4 train: jets, preset small, {epochs} epochs of {steps_per_epoch or 'all'} steps -> {run_dir}/"
+        f"3/6 train: jets, preset small, {epochs} epochs of {steps_per_epoch or 'all'} steps -> {run_dir}/"
     )
     if run_dir.exists():  # the demo's own previous run: start afresh
         shutil.rmtree(run_dir)
@@ -106,9 +116,28 @@ def run_demo(
     click.echo(f"validation loss per epoch: {losses}; loss curve: {run_dir / 'loss.png'}")
     seconds["train"] = time.perf_counter() - t
 
+    t = _step(f"4/6 validate: {run_dir} vs full simulation (val split of {shards}/)")
+    validation = validate(run_dir, shards, seed=seed, device="cpu", progress=progress)
+    click.echo(validation.table())
+    seconds["validate"] = time.perf_counter() - t
+
+    generated = out / "flashsim.root"
+    t = _step(f"5/6 generate: the jets of {toy_path} simulated by the flow -> {generated}")
+    gen = generate(
+        [toy_path],
+        generated,
+        jets=run_dir,
+        seed=seed,
+        device="cpu",
+        overwrite=True,
+        progress=progress,
+    )
+    click.echo(f"{gen.events:,} events, {gen.counts['Jet']:,} jets sampled in {gen.seconds:.1f} s")
+    seconds["generate"] = time.perf_counter() - t
+
     bench_json = bench_plot = None
     if bench:
-        t = _step("4/4 bench-loader --quick: every loader vs the original per-row datasets")
+        t = _step("6/6 bench-loader --quick: every loader vs the original per-row datasets")
         cfg = BenchConfig.quick_config(
             object="jets", data=str(shards), cache_dir=str(out / "bench-cache")
         )
@@ -123,7 +152,19 @@ def run_demo(
     click.echo(f"toy events   {toy_path}")
     click.echo(f"stores       {shards}/ (inspect: flashsim info {shards}/jets.zarr)")
     click.echo(f"training run {run_dir}/ (loss curve: {run_dir / 'loss.png'})")
+    click.echo(f"validation   {validation.png_path} and {validation.json_path}")
+    click.echo(f"generated    {generated} (NanoAOD Events: Jet_* sampled, GenJet_*, GenPart_*)")
     if bench_plot:
         click.echo(f"benchmark    {bench_plot} and {bench_json}")
     click.echo("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    return DemoResult(out, toy_path, shards, run_dir, bench_json, bench_plot, seconds)
+    return DemoResult(
+        out,
+        toy_path,
+        shards,
+        run_dir,
+        validation.json_path,
+        generated,
+        bench_json,
+        bench_plot,
+        seconds,
+    )

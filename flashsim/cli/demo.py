@@ -35,13 +35,15 @@ from flashsim.demo import DEFAULT_DEMO_DIR
 @click.option("--no-bench", is_flag=True, help="Skip the quick loader benchmark.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, events: int, epochs: int, seed: int, no_bench: bool, quiet: bool) -> None:
-    """Run toy -> prep -> train -> bench-loader end to end; nothing to download.
+    """Run toy -> prep -> train -> validate -> generate -> bench-loader; nothing to download.
 
     \b
     Writes, under --out (default demo/):
       ttbar_toy.root       toy NanoAOD events (flashsim toy)
       shards/              jets and muons stores (flashsim prep)
       runs/jets/           a small-preset training run, with loss.png (flashsim train)
+      runs/jets/validation/  FlashSim vs FullSim per target column (flashsim validate)
+      flashsim.root        the toy events' jets sampled by the flow (flashsim generate)
       bench-loader.png     loaders vs the original per-row datasets (flashsim bench-loader --quick)
     """
     from flashsim.demo import run_demo
