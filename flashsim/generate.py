@@ -127,21 +127,22 @@ def _typed(collection: str, fields: Mapping[str, np.ndarray]) -> dict[str, np.nd
     return out
 
 
-def _column(layout: Layout, rows: np.ndarray, name: str, *, targets: bool) -> np.ndarray:
-    """Column ``name`` of conditioning rows or of target rows, float64."""
-    j = layout.index(name) - (layout.n_conditioning if targets else 0)
-    return rows[:, j].astype(np.float64)
+def _columns(layout: Layout, conditioning: np.ndarray, targets: np.ndarray):
+    """Two lookups by column name, float64: ``gen(name)`` into the conditioning rows and
+    ``reco(name)`` into the target rows."""
+
+    def gen(name: str) -> np.ndarray:
+        return conditioning[:, layout.index(name)].astype(np.float64)
+
+    def reco(name: str) -> np.ndarray:
+        return targets[:, layout.index(name) - layout.n_conditioning].astype(np.float64)
+
+    return gen, reco
 
 
 def reco_jets(layout: Layout, conditioning: np.ndarray, targets: np.ndarray) -> dict:
     """``Jet_*`` fields from raw conditioning ``(n, 14)`` and physical targets ``(n, 17)``."""
-
-    def gen(name):
-        return _column(layout, conditioning, name, targets=False)
-
-    def reco(name):
-        return _column(layout, targets, name, targets=True)
-
+    gen, reco = _columns(layout, conditioning, targets)
     # a pT or mass is never negative, whatever a (badly trained) flow samples
     fields = {
         "pt": np.maximum(reco("MJet_ptRatio"), 0.0) * gen("MGenJet_pt"),
@@ -160,13 +161,7 @@ def reco_muons(
 ) -> dict:
     """``Muon_*`` fields from raw conditioning ``(n, 30)``, physical targets ``(n, 22)``
     and the gen muons' pdgId ``(n,)``."""
-
-    def gen(name):
-        return _column(layout, conditioning, name, targets=False)
-
-    def reco(name):
-        return _column(layout, targets, name, targets=True)
-
+    gen, reco = _columns(layout, conditioning, targets)
     fields = {
         "pt": np.maximum(reco("MMuon_ptRatio"), 0.0) * gen("MGenMuon_pt"),
         "eta": gen("MGenMuon_eta") + reco("MMuon_etaMinusGen"),

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from flashsim.cli.options import branch_map_options, branch_mapping
-from flashsim.train.config import DEVICES
+from flashsim.cli.options import branch_map_options, branch_mapping, device_option
 
 DEFAULT_RUNS = {"jets": Path("runs/jets"), "muons": Path("runs/muons")}
 """Where ``flashsim train jets|muons`` writes by default: generate's default models."""
@@ -50,7 +49,7 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     help="Muons model, likewise. [default: runs/muons if it holds a checkpoint]",
 )
 @click.option("--seed", type=int, default=0, help="Same inputs, models and seed: same output.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@device_option
 @click.option(
     "--step-events",
     type=click.IntRange(min=1),

@@ -6,6 +6,38 @@ from collections.abc import Callable
 
 import click
 
+from flashsim.store import DEFAULT_DATA_DIR
+from flashsim.train.config import DEVICES
+
+
+def positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Click callback: an optional integer that must be >= 1."""
+    if value is not None and value < 1:
+        raise click.BadParameter("must be >= 1")
+    return value
+
+
+def data_option(command: Callable) -> Callable:
+    """``--data``: a store or a prep output directory (default ``shards``)."""
+    return click.option(
+        "--data",
+        type=click.Path(),
+        default=str(DEFAULT_DATA_DIR),
+        show_default=True,
+        help="A store (shards/jets.zarr) or the directory `flashsim prep --out` wrote.",
+    )(command)
+
+
+def device_option(command: Callable) -> Callable:
+    """``--device auto|cpu|cuda`` (auto: CUDA when available)."""
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default="auto",
+        show_default=True,
+        help="Where the flow runs; auto: CUDA when available, else the CPU.",
+    )(command)
+
 
 def branch_map_options(command: Callable) -> Callable:
     """``--branch-map FILE`` and ``--branch NAME=SOURCE`` (repeatable), for commands that

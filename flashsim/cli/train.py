@@ -7,28 +7,16 @@ import sys
 
 import click
 
+from flashsim.cli.options import data_option, device_option, positive
 from flashsim.flow_config import ACTIVATIONS
 from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
-from flashsim.store import DEFAULT_DATA_DIR
-from flashsim.train.config import DEVICES, LOADER_KINDS, TrainConfig
-
-
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter("must be >= 1")
-    return value
+from flashsim.train.config import LOADER_KINDS, TrainConfig
 
 
 @click.command("train")
 @click.argument("obj", metavar="OBJECT", type=click.Choice(OBJECTS))
-@click.option(
-    "--data",
-    type=click.Path(),
-    default=str(DEFAULT_DATA_DIR),
-    show_default=True,
-    help="A store (shards/jets.zarr) or the directory `flashsim prep --out` wrote.",
-)
+@data_option
 @click.option(
     "--out", type=click.Path(), default=None, help="Run directory.  [default: runs/OBJECT]"
 )
@@ -38,16 +26,14 @@ def _positive(ctx, param, value):
     default=None,
     help=f"'paper': the original FlashSim model and schedule; 'small': a few minutes on a CPU.  [default: {DEFAULT_PRESET}]",
 )
-@click.option("--epochs", type=int, callback=_positive, help="Epochs (= cosine annealing period).")
-@click.option("--batch-size", type=int, callback=_positive, help="Rows per step and per process.")
+@click.option("--epochs", type=int, callback=positive, help="Epochs (= cosine annealing period).")
+@click.option("--batch-size", type=int, callback=positive, help="Rows per step and per process.")
 @click.option("--lr", type=float, help="Adam learning rate at the start of the cosine schedule.")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and dropout.  [default: 0]")
-@click.option("--flow-steps", type=int, callback=_positive, help="Coupling steps of the flow.")
-@click.option(
-    "--hidden", type=int, callback=_positive, help="Hidden units of the conditioner nets."
-)
+@click.option("--flow-steps", type=int, callback=positive, help="Coupling steps of the flow.")
+@click.option("--hidden", type=int, callback=positive, help="Hidden units of the conditioner nets.")
 @click.option("--blocks", type=int, help="Residual blocks per conditioner net.")
-@click.option("--bins", type=int, callback=_positive, help="Spline bins.")
+@click.option("--bins", type=int, callback=positive, help="Spline bins.")
 @click.option("--tail-bound", type=float, help="Spline interval [-B, B]; linear outside.")
 @click.option("--dropout", type=float, help="Dropout probability in the residual blocks.")
 @click.option("--activation", type=click.Choice(tuple(ACTIVATIONS)), help="Conditioner activation.")
@@ -61,7 +47,7 @@ def _positive(ctx, param, value):
     show_default=True,
     help="How batches are read: chunked zarr, webdataset, device-resident, or the original per-row datasets.",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
 @click.option(
     "--checkpoint-every",
@@ -71,12 +57,12 @@ def _positive(ctx, param, value):
     help="Also keep checkpoints/epoch-NNNN.pt every N epochs (0: only last.pt and best.pt).",
 )
 @click.option(
-    "--max-steps-per-epoch", type=int, callback=_positive, help="Cap steps per epoch (quick runs)."
+    "--max-steps-per-epoch", type=int, callback=positive, help="Cap steps per epoch (quick runs)."
 )
 @click.option(
     "--stop-after-epochs",
     type=int,
-    callback=_positive,
+    callback=positive,
     help="Stop, resumably, after N epochs in this invocation (e.g. batch-system time limits).",
 )
 @click.option(
@@ -84,7 +70,7 @@ def _positive(ctx, param, value):
     type=int,
     default=1,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     help="Launch N local processes (DDP: gloo on CPU, NCCL with one GPU each). Under torchrun leave at 1.",
 )
 @click.option(
@@ -108,7 +94,7 @@ def _positive(ctx, param, value):
 @click.option(
     "--threads",
     type=int,
-    callback=_positive,
+    callback=positive,
     help="CPU threads for torch (small flows on a busy CPU: try 1).  [default: torch's]",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")

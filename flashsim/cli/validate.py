@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import click
 
+from flashsim.cli.options import data_option, device_option, positive
 from flashsim.layouts import OBJECTS
-from flashsim.store import DEFAULT_DATA_DIR, SPLITS
-from flashsim.train.config import DEVICES
-
-
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter("must be >= 1")
-    return value
+from flashsim.store import SPLITS
 
 
 @click.command("validate")
@@ -24,13 +18,7 @@ def _positive(ctx, param, value):
     help="Run directory of `flashsim train` (uses checkpoints/best.pt) or a checkpoint file.  "
     "[default: runs/OBJECT]",
 )
-@click.option(
-    "--data",
-    type=click.Path(),
-    default=str(DEFAULT_DATA_DIR),
-    show_default=True,
-    help="A store (shards/jets.zarr) or the directory `flashsim prep --out` wrote.",
-)
+@data_option
 @click.option(
     "--split", type=click.Choice(SPLITS), default="val", show_default=True, help="Rows to compare."
 )
@@ -39,7 +27,7 @@ def _positive(ctx, param, value):
     type=int,
     default=100_000,
     show_default=True,
-    callback=_positive,
+    callback=positive,
     help="Compare the first N rows of the split (store order).",
 )
 @click.option(
@@ -55,15 +43,9 @@ def _positive(ctx, param, value):
     show_default=True,
     help="Seed of the samples and of the FullSim halves.",
 )
+@device_option
 @click.option(
-    "--device",
-    type=click.Choice(DEVICES),
-    default="auto",
-    show_default=True,
-    help="Where the flow samples.",
-)
-@click.option(
-    "--bins", type=int, default=50, show_default=True, callback=_positive, help="Histogram bins."
+    "--bins", type=int, default=50, show_default=True, callback=positive, help="Histogram bins."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table; only the paths.")
 def validate(obj: str, run: str | None, quiet: bool, **opts) -> None:
