@@ -11,7 +11,11 @@ the ``uci.py`` example of the neural spline flow paper, arXiv:1906.04032):
   conditioner ``ResidualNet(in, out, hidden, context_features=n_conditioning,
   num_blocks, activation, dropout, batch_norm)``;
 * one final ``RandomPermutation`` + ``LULinear`` (as the original's
-  ``create_linear_transform``).
+  ``create_linear_transform``);
+* with ``standardize`` (not in the original; the ``small`` preset's default), a fixed
+  affine map ``(x - mean) / std`` first and the same for the context (the flow's
+  embedding net); the statistics are buffers, saved with the weights, set from the
+  training split by :func:`set_standardization`.
 
 The flow models ``p(targets | conditioning)``: ``flow.log_prob(x, context=y)`` with
 ``x`` of shape ``(B, n_targets)`` and ``y`` of shape ``(B, n_conditioning)``;
@@ -85,6 +89,57 @@ def _coupling_transform(step: int, config: FlowConfig) -> transforms.Transform:
     )
 
 
+class ContextStandardization(torch.nn.Module):
+    """``(y - mean) / std`` per conditioning column; ``mean`` and ``std`` are buffers."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.mean) / self.std
+
+
+def set_standardization(
+    flow: flows.Flow,
+    x_mean: torch.Tensor,
+    x_std: torch.Tensor,
+    y_mean: torch.Tensor,
+    y_std: torch.Tensor,
+) -> None:
+    """Set the fixed standardisation of a flow built with ``standardize=True``.
+
+    Args:
+        x_mean, x_std: ``(n_targets,)`` statistics of the targets (training split).
+        y_mean, y_std: ``(n_conditioning,)`` statistics of the conditioning.
+
+    A standard deviation of 0 (a constant column) is replaced by 1.
+    """
+    affine, context = _standardizers(flow)
+    if affine is None:
+        raise ValueError("this flow was built without standardize=True")
+
+    def safe(std: torch.Tensor) -> torch.Tensor:
+        std = torch.as_tensor(std, dtype=torch.float32)
+        return torch.where(std > 0, std, torch.ones_like(std))
+
+    x_std, y_std = safe(x_std), safe(y_std)
+    x_mean = torch.as_tensor(x_mean, dtype=torch.float32)
+    with torch.no_grad():
+        affine._scale.copy_(1.0 / x_std)
+        affine._shift.copy_(-x_mean / x_std)
+        context.mean.copy_(torch.as_tensor(y_mean, dtype=torch.float32))
+        context.std.copy_(y_std)
+
+
+def _standardizers(flow: flows.Flow):
+    first = flow._transform._transforms[0]
+    if isinstance(first, transforms.PointwiseAffineTransform):
+        return first, flow._embedding_net
+    return None, None
+
+
 def build_flow(config: FlowConfig, seed: int | None = None) -> flows.Flow:
     """Build the (untrained) conditional spline flow described by ``config``.
 
@@ -105,8 +160,19 @@ def build_flow(config: FlowConfig, seed: int | None = None) -> flows.Flow:
             )
             for i in range(config.num_flow_steps)
         ]
-        transform = transforms.CompositeTransform([*steps, _linear_transform(config.n_targets)])
-        return flows.Flow(transform, distributions.StandardNormal((config.n_targets,)))
+        layers = [*steps, _linear_transform(config.n_targets)]
+        embedding = None
+        if config.standardize:  # identity until set_standardization
+            layers.insert(
+                0,
+                transforms.PointwiseAffineTransform(
+                    shift=torch.zeros(config.n_targets), scale=torch.ones(config.n_targets)
+                ),
+            )
+            embedding = ContextStandardization(config.n_conditioning)
+        transform = transforms.CompositeTransform(layers)
+        base = distributions.StandardNormal((config.n_targets,))
+        return flows.Flow(transform, base, embedding_net=embedding)
 
     if seed is None:
         return build()

@@ -1,4 +1,4 @@
-"""Describe a store: its metadata in readable form and per-column min/mean/max.
+"""Describe a store: its metadata in readable form and per-column min/mean/max/std.
 
 Statistics are computed chunk by chunk (one chunk of rows in memory at a time), for
 zarr, webdataset and HDF5 stores alike. This module reads stores directly (zarr,
@@ -71,14 +71,19 @@ class ColumnStats:
     min: np.ndarray
     mean: np.ndarray
     max: np.ndarray
+    std: np.ndarray
+    """Population standard deviation."""
 
 
 def column_stats(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> ColumnStats:
-    """min/mean/max of every column over ``splits``, computed chunk-wise (bounded memory)."""
+    """min/mean/max/std of every column over ``splits``, computed chunk-wise (bounded
+    memory; chunk means and squared deviations merged pairwise, which stays accurate
+    for columns whose mean is large compared with their spread)."""
     n_columns = len(read_metadata(path)["layout"]["columns"])
     lo = np.full(n_columns, np.inf)
     hi = np.full(n_columns, -np.inf)
-    total = np.zeros(n_columns)
+    mean = np.zeros(n_columns)
+    m2 = np.zeros(n_columns)  # sum of squared deviations from the running mean
     rows = 0
     for split in splits:
         for block in iter_blocks(path, split):
@@ -87,12 +92,18 @@ def column_stats(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> C
             block = np.asarray(block, dtype=np.float64)
             lo = np.minimum(lo, block.min(axis=0))
             hi = np.maximum(hi, block.max(axis=0))
-            total += block.sum(axis=0)
-            rows += len(block)
-    mean = total / rows if rows else np.full(n_columns, np.nan)
+            n_b = len(block)
+            mean_b = block.mean(axis=0)
+            m2_b = ((block - mean_b) ** 2).sum(axis=0)
+            delta = mean_b - mean
+            total = rows + n_b
+            mean = mean + delta * (n_b / total)
+            m2 = m2 + m2_b + delta**2 * (rows * n_b / total)
+            rows = total
     if not rows:
-        lo[:] = hi[:] = np.nan
-    return ColumnStats(rows, lo, mean, hi)
+        nan = np.full(n_columns, np.nan)
+        return ColumnStats(0, nan, nan.copy(), nan.copy(), nan.copy())
+    return ColumnStats(rows, lo, mean, hi, np.sqrt(m2 / rows))
 
 
 def _count(n) -> str:
@@ -142,14 +153,18 @@ def describe_store(path: str | os.PathLike, stats: bool = True) -> str:
     col_stats = column_stats(p) if stats else None
     lines.append("")
     header = (
-        f"  {'#':>3} {'column':<24} {'role':<5} {'min':>11} {'mean':>11} {'max':>11}  preprocessing"
+        f"  {'#':>3} {'column':<24} {'role':<5} {'min':>11} {'mean':>11} {'max':>11} "
+        f"{'std':>11}  preprocessing"
     )
     lines.append(header)
     for j, name in enumerate(layout.columns):
         role = "cond" if j < layout.n_conditioning else "tgt"
         if col_stats is not None:
-            nums = f"{_fmt(col_stats.min[j]):>11} {_fmt(col_stats.mean[j]):>11} {_fmt(col_stats.max[j]):>11}"
+            nums = " ".join(
+                f"{_fmt(v[j]):>11}"
+                for v in (col_stats.min, col_stats.mean, col_stats.max, col_stats.std)
+            )
         else:
-            nums = f"{'':>11} {'':>11} {'':>11}"
+            nums = " ".join([f"{'':>11}"] * 4)
         lines.append(f"  {j:>3} {name:<24} {role:<5} {nums}  {' ; '.join(steps.get(name, []))}")
     return "\n".join(lines)

@@ -413,6 +413,7 @@ def test_info_describes_store_with_chunkwise_stats(all_formats):
         np.testing.assert_allclose(stats.min, rows.min(axis=0))
         np.testing.assert_allclose(stats.max, rows.max(axis=0))
         np.testing.assert_allclose(stats.mean, rows.astype(np.float64).mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(stats.std, rows.astype(np.float64).std(axis=0), rtol=1e-9)
         text = describe_store(path)
         assert "jets store" in text and "MJet_ptRatio" in text and "clip(x, 0.0, 3.0)" in text
         assert "Jet_btagCMVA" in text

@@ -18,7 +18,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from flashsim.errors import FlashSimError
-from flashsim.layouts import layout_for
+from flashsim.layouts import JETS, layout_for
 from flashsim.model import build_flow, load_model
 from flashsim.train import NonFiniteLossError, TrainConfig, train
 from flashsim.train import trainer as trainer_module
@@ -206,6 +206,20 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, mon
     )
     assert resumed.status == "completed"
     assert _losses(resumed.history) == _losses(full.history)
+
+
+def test_standardized_run_takes_the_statistics_of_the_training_split(tmp_path):
+    store = make_store(tmp_path)
+    train(quick(store, tmp_path / "run", epochs=1, flow={**TINY_FLOW, "standardize": True}))
+    flow, config, _ = load_model(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert config.standardize
+    rows = synthetic_rows("jets", 8192, 0).astype(np.float64)  # make_store's train split
+    x, y = rows[:, JETS.targets], rows[:, JETS.conditioning]
+    affine, context = flow._transform._transforms[0], flow._embedding_net
+    np.testing.assert_allclose(affine._scale.numpy(), 1 / x.std(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(affine._shift.numpy(), -x.mean(axis=0) / x.std(axis=0), atol=1e-5)
+    np.testing.assert_allclose(context.mean.numpy(), y.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(context.std.numpy(), y.std(axis=0), rtol=1e-5)
 
 
 # ------------------------------------------------------------------- failure modes

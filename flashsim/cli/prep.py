@@ -175,9 +175,11 @@ def prep(
 @click.command()
 @click.argument("store", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
-@click.option("--no-stats", is_flag=True, help="Skip the per-column min/mean/max (a full read).")
+@click.option(
+    "--no-stats", is_flag=True, help="Skip the per-column min/mean/max/std (a full read)."
+)
 def info(store, as_json, no_stats):
-    """Show a store's metadata and per-column min/mean/max.
+    """Show a store's metadata and per-column min/mean/max/std.
 
     STORE is a store written by flashsim prep (shards/jets.zarr, shards/muons-wds,
     shards/jets.h5). Statistics are computed chunk by chunk over train and val.

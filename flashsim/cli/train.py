@@ -41,6 +41,12 @@ from flashsim.train.config import LOADER_KINDS, TrainConfig
     "--batch-norm/--no-batch-norm", default=None, help="Batch norm in the residual blocks."
 )
 @click.option(
+    "--standardize/--no-standardize",
+    default=None,
+    help="Standardise targets and conditioning with the training split's mean/std inside the "
+    "flow (not in the original model).  [default: on for small, off for paper]",
+)
+@click.option(
     "--loader",
     type=click.Choice(LOADER_KINDS),
     default="auto",
@@ -134,6 +140,7 @@ def train(obj: str, **opts) -> None:
         "dropout": opts.pop("dropout"),
         "activation": opts.pop("activation"),
         "batch_norm": opts.pop("batch_norm"),
+        "standardize": opts.pop("standardize"),
     }
     config = TrainConfig(
         object=obj,

@@ -40,7 +40,7 @@ from torch import nn
 from flashsim import __version__
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import Layout, layout_for
-from flashsim.model import FlowConfig, build_flow, count_parameters
+from flashsim.model import FlowConfig, build_flow, count_parameters, set_standardization
 from flashsim.presets import DEFAULT_PRESET, get_preset
 from flashsim.store import find_store, read_metadata, store_layout
 from flashsim.train import distributed
@@ -265,7 +265,10 @@ class _Run:
             self._check_resumable(saved, last)
         seed = int(self.hp["seed"])
 
-        self.flow = build_flow(self.flow_config, seed=seed).to(self.device)
+        self.flow = build_flow(self.flow_config, seed=seed)
+        if self.flow_config.standardize and saved is None:
+            self._standardize_from_store()
+        self.flow.to(self.device)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=float(self.hp["lr"]))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=int(self.hp["epochs"])
@@ -314,6 +317,21 @@ class _Run:
                     f"{path} was saved in the middle of an epoch with --loader {info.get('kind')}; "
                     f"resume with the same loader (not {self.config.loader})."
                 )
+
+    def _standardize_from_store(self) -> None:
+        """Set the flow's fixed standardisation from the training split (one chunk-wise
+        pass over the store; a resumed run restores it from the checkpoint instead)."""
+        from pipelines.store_info import column_stats
+
+        stats = column_stats(self.store, ("train",))
+        x, y = self.layout.targets, self.layout.conditioning
+        set_standardization(
+            self.flow,
+            *(
+                torch.from_numpy(a)
+                for a in (stats.mean[x], stats.std[x], stats.mean[y], stats.std[y])
+            ),
+        )
 
     def _restore(self, saved: dict) -> None:
         self.flow.load_state_dict(saved["model"])
@@ -645,7 +663,8 @@ class _Run:
             f"{self.train_loader.kind})",
             f"preset {self.hp['preset']}: {fc.num_flow_steps} flow steps, {fc.num_blocks} blocks x "
             f"{fc.hidden_features} hidden, {fc.num_bins} bins, tail bound {fc.tail_bound}, "
-            f"{fc.activation}, batch norm {'on' if fc.batch_norm else 'off'}, dropout {fc.dropout}; "
+            f"{fc.activation}, batch norm {'on' if fc.batch_norm else 'off'}, dropout {fc.dropout}, "
+            f"standardized inputs {'on' if fc.standardize else 'off'}; "
             f"{count_parameters(self.flow):,} parameters",
             f"Adam lr {self.hp['lr']:g}, cosine annealing over {self.hp['epochs']} epochs, batch "
             f"{self.hp['batch_size']} per process x {self.ctx.world_size} process(es), seed {self.hp['seed']}",
