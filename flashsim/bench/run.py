@@ -30,7 +30,7 @@ from flashsim.bench.harness import MODES, Trainer, interleaved, run_trial, summa
 from flashsim.bench.machine import describe_machine
 from flashsim.bench.resources import NvmlProbe
 from flashsim.errors import FlashSimError
-from flashsim.layouts import OBJECTS
+from flashsim.layouts import OBJECTS, layout_for
 from loaders.base import resolve_device
 
 MODELS: tuple[str, ...] = ("small", "paper", "none")
@@ -178,18 +178,33 @@ def loader_kinds(obj: str, requested: tuple[str, ...] | None) -> list[str]:
     return sorted(chosen, key=lambda k: (k != own, not k.startswith("original")))
 
 
-def make_trainer(model: str, obj: str, device: torch.device, seed: int) -> Trainer | None:
+def make_trainer(
+    model: str, obj: str, device: torch.device, seed: int, store: Path | None = None
+) -> Trainer | None:
     """The real flow of preset ``model`` for ``obj`` with its Adam optimiser (``None`` for
-    ``model="none"``); every call of ``make`` builds the same initial weights."""
+    ``model="none"``); every call of ``make`` builds the same initial weights. A preset
+    with standardised inputs takes the statistics of ``store``'s training split, as
+    ``flashsim train`` does (the spline cost per step depends on where the values fall)."""
     if model == "none":
         return None
-    from flashsim.model import build_flow
+    from flashsim.model import build_flow, set_standardization
     from flashsim.presets import get_preset
 
     preset = get_preset(model, obj)
+    stats = None
+    if preset.flow.standardize and store is not None:
+        from pipelines.store_info import column_stats
+
+        s = column_stats(store, ("train",))
+        layout = layout_for(obj)
+        x, y = layout.targets, layout.conditioning
+        stats = [torch.from_numpy(a) for a in (s.mean[x], s.std[x], s.mean[y], s.std[y])]
 
     def make():
-        flow = build_flow(preset.flow, seed=seed).to(device)
+        flow = build_flow(preset.flow, seed=seed)
+        if stats is not None:
+            set_standardization(flow, *stats)
+        flow.to(device)
         return flow, torch.optim.Adam(flow.parameters(), lr=preset.lr)
 
     def loss(flow, x, y):
@@ -233,7 +248,6 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     kinds = loader_kinds(cfg.object, cfg.loaders)
     modes = cfg.modes_run
-    trainer = make_trainer(cfg.model, cfg.object, device, cfg.seed)
     rows = cfg.rows or rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps)
     data = prepare_bench_data(
         cfg.object,
@@ -245,6 +259,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
         use_shards=not cfg.quick,
         progress=progress,
         min_shard_rows=rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps, minimum=0),
+    )
+    trainer = make_trainer(
+        cfg.model, cfg.object, device, cfg.seed, next(iter(data.stores.values()))
     )
     machine = describe_machine(device, data.stores)
     notes = list(data.notes)
