@@ -1,9 +1,8 @@
 """FlashSim generation: NanoAOD-like reconstructed jets and muons from generator-level
 events, sampled from trained flows.
 
-For every ``GenJet`` (jets model) and every gen muon (muons model: ``GenPart`` with
-``|pdgId| == 13``, ``status == 1`` unless the model was trained with ``gen_muons="all"``)
-of each input event, the conditioning is computed exactly as ``flashsim prep`` computes it
+For every ``GenJet`` (jets model) and every final-state gen muon (muons model:
+``GenPart`` with ``|pdgId| == 13`` and ``status == 1``) of each input event, the conditioning is computed exactly as ``flashsim prep`` computes it
 (:mod:`pipelines.features`), preprocessed with the chain stored in the checkpoint, and
 one reconstructed object is sampled. Targets are mapped back to physical units and to
 NanoAOD branches:
@@ -271,16 +270,13 @@ def _plan_inputs(
     return planned
 
 
-def _gen_muon_definition(models: Mapping[str, TrainedFlow]) -> str:
-    definitions = {
-        m.metadata.get("options", {}).get("gen_muons", "final-state") for m in models.values()
-    }
-    if len(definitions) > 1:
-        raise FlashSimError(
-            "The jets and muons models were trained on stores prepared with different gen-muon "
-            f"definitions ({', '.join(sorted(definitions))}); generate them in two runs."
-        )
-    return definitions.pop()
+def _jet_gen_muons(models: Mapping[str, TrainedFlow]) -> str:
+    """The gen-muon definition of the jets' closest-muon features: the jets model's store's
+    (prep --gen-muons). The muons simulated are always the final-state ones."""
+    jets = models.get("jets")
+    if jets is None:
+        return "final-state"
+    return jets.metadata.get("options", {}).get("gen_muons", "final-state")
 
 
 def _chunks(
@@ -298,7 +294,8 @@ def _chunks(
             ev = materialize(arrays, inp.plan, n_events)
             collections = _gen_collections(ev)
             for obj, model in models.items():
-                coll, bad = _simulate(model, ev, gen_muons, _step_seed(seed, inp.index, step, obj))
+                definition = gen_muons if obj == "jets" else "final-state"
+                coll, bad = _simulate(model, ev, definition, _step_seed(seed, inp.index, step, obj))
                 collections[COLLECTION_OF[obj]] = coll
                 skipped[obj] += bad
             yield EventChunk(_scalars(ev, arrays, n_events, first_event), collections)
@@ -359,7 +356,7 @@ def generate(
                 f"{model.checkpoint} models {model.object}, but it was given as the {obj} "
                 f"model; pass it as --{model.object}."
             )
-    gen_muons = _gen_muon_definition(models)
+    gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
     total = sum(inp.n_events for inp in planned)
     if total == 0:
@@ -370,7 +367,7 @@ def generate(
         "tool": f"flashsim {__version__}",
         "models": {o: str(m.checkpoint) for o, m in models.items()},
         "seed": seed,
-        "gen_muons": gen_muons,
+        "jets_gen_muons": gen_muons,
         "inputs": [str(i.path) for i in planned],
     }
     skipped = dict.fromkeys(models, 0)

@@ -129,8 +129,8 @@ def required_branches(
             *GENJET_KINEMATICS,
             *PILEUP_BRANCHES.values(),
         )
-        if generation:
-            return (*gen, *status)
+        if generation:  # generation simulates the final-state muons (status 1) only
+            return (*gen, "GenPart_status")
         return (*MUON_KINEMATICS, *gen, *MUON_VALUE_BRANCHES.values())
     raise ValueError(f"unknown object {obj!r}")
 

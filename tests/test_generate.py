@@ -131,9 +131,11 @@ def test_same_seed_same_events_other_seed_other_events(workflow, tmp_path):
     assert not ak.all(a.Jet_pt == c.Jet_pt)
 
 
-def test_generation_conditioning_is_the_training_conditioning():
+@pytest.mark.parametrize("gen_muons", ["final-state", "all"])
+def test_generation_conditioning_is_the_training_conditioning(gen_muons):
     """The gen-level rows generation feeds the flow equal the conditioning columns of the
-    rows prep writes, for every matched object of the real 2015 sample."""
+    rows prep writes, for every matched object of the real 2015 sample, with either
+    definition of the gen muons near jets."""
     ev = _gen_events(REAL_TTBAR)
     with uproot.open(REAL_TTBAR) as f:
         idx = f["Events"].arrays(
@@ -146,8 +148,8 @@ def test_generation_conditioning_is_the_training_conditioning():
         starts = np.cumsum(counts) - counts
         return starts[event] + np.concatenate(per_event_index).astype(np.int64)
 
-    jets = raw_feature_rows(REAL_TTBAR, "jets")
-    gen = gen_jet_conditioning(ev)
+    jets = raw_feature_rows(REAL_TTBAR, "jets", gen_muons=gen_muons)
+    gen = gen_jet_conditioning(ev, gen_muons)
     matched = [
         i[(i >= 0) & (i < n)] for i, n in zip(idx["Jet_genJetIdx"], idx["nGenJet"], strict=True)
     ]
