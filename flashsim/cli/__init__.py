@@ -27,7 +27,7 @@ class _FlashSimGroup(click.Group):
 @click.group(cls=_FlashSimGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flashsim")
 def main() -> None:
-    """FlashSim data toolkit: prepare shards, load them fast, train spline flows.
+    """FlashSim toolkit: prepare shards, load them fast, train, validate and run spline flows.
 
     \b
     Typical session:
