@@ -324,7 +324,7 @@ def generate(
         out: the ROOT file to write (``Events`` tree), atomically.
         jets: a jets run directory (``runs/jets``) or checkpoint; ``None``: no jets.
         muons: the same for muons. At least one of the two.
-        seed: same inputs, models, seed and device: same output.
+        seed: same inputs, models, seed, step_events and device: same output.
         device: where the flows run: ``auto`` (CUDA if available), ``cpu``, ``cuda``.
         step_events: events read, simulated and written per step (bounds memory).
         branch_map: input branch substitutions, as ``prep --branch``.

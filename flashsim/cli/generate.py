@@ -48,7 +48,9 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     show_default=False,
     help="Muons model, likewise. [default: runs/muons if it holds a checkpoint]",
 )
-@click.option("--seed", type=int, default=0, help="Same inputs, models and seed: same output.")
+@click.option(
+    "--seed", type=int, default=0, help="Same inputs, models, seed and --step-events: same output."
+)
 @device_option
 @click.option(
     "--step-events",
