@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:  # run as a script from a source checkout
 
 import loaders  # noqa: E402
 from flashsim.layouts import layout_for  # noqa: E402
-from flashsim.store import META_KEY, atomic_output, store_path  # noqa: E402
+from flashsim.outputs import atomic_output  # noqa: E402
+from flashsim.store import META_KEY, store_path  # noqa: E402
 
 ORIGINAL_FILES = 4
 """The muons rows are also written as this many HDF5 files for ``original-muons``."""

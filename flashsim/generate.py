@@ -194,7 +194,8 @@ def _simulate(model: TrainedFlow, ev: Mapping, gen_muons: str, seed: int) -> tup
         fields = reco_jets(model.layout, rows, targets)
         fields["genJetIdx"] = index
     else:
-        starts = np.cumsum(_counts(ev["GenPart_pt"])) - _counts(ev["GenPart_pt"])
+        n_parts = _counts(ev["GenPart_pt"])
+        starts = np.cumsum(n_parts) - n_parts
         pdg_id = _flat(ev["GenPart_pdgId"])[starts[event] + index]
         fields = reco_muons(model.layout, rows, targets, pdg_id)
         fields["genPartIdx"] = index

@@ -2,15 +2,14 @@
 
 Each chunk is appended with ``TTree.extend`` (one basket per branch per chunk), so memory
 stays bounded whatever the number of events. The file is written under a hidden
-temporary name in the destination directory and renamed at the very end: a crash or
-Ctrl-C leaves no file that looks complete, and an existing file is replaced only when
-asked.
+temporary name in the destination directory and renamed at the very end
+(:func:`flashsim.outputs.atomic_output`): a crash or Ctrl-C leaves no file that looks
+complete, and an existing file is replaced only when asked.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ import uproot
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.events import COUNTER_DTYPE, EventChunk
+from flashsim.outputs import atomic_output
 
 TREE_NAME = "Events"
 
@@ -82,11 +82,6 @@ def _unsigned_counters(tree) -> None:
         )
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden, unique sibling of ``path`` (same directory, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``overwrite``; create the directory."""
     if path.is_dir():
@@ -122,10 +117,12 @@ def write_events(
     path = Path(path)
     codec = parse_compression(compression)
     check_output(path, overwrite)
-    tmp = temporary_path(path)
     totals: dict[str, int] = {"events": 0}
     try:
-        with uproot.recreate(tmp, compression=codec) as file:
+        with (
+            atomic_output(path, overwrite=overwrite) as tmp,
+            uproot.recreate(tmp, compression=codec) as file,
+        ):
             tree = None
             for chunk in chunks:
                 payload = to_awkward(chunk)
@@ -151,19 +148,9 @@ def write_events(
                 raise FlashSimError(f"No events to write to {path}: ask for at least one event.")
             for name, text in (extra or {}).items():
                 file[name] = text
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise StoreError(
-                f"Output {path} appeared while it was being written; it was left "
-                "untouched. Choose another path or pass overwrite=True."
-            )
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise StoreError(
             f"Writing {path} failed: {err}. No output was written; check the disk space "
             "and permissions of the directory and retry."
         ) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return totals

@@ -1,4 +1,5 @@
-"""The store format: naming, metadata, discovery and atomic creation.
+"""The store format: naming, metadata and discovery (stores are created atomically
+with :func:`flashsim.outputs.atomic_output`).
 
 This is where ``pipelines`` (which write stores) and ``loaders`` (which read them) meet;
 neither imports the other. A prepared dataset is a directory holding one store per
@@ -24,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from flashsim.errors import StoreError
@@ -153,48 +152,3 @@ def find_store(
         f"missing). Run `flashsim prep INPUT --out {p}/ --objects {obj}"
         + (f" --format {fmt}`." if fmt else "`.")
     )
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; move it to ``final`` only on success.
-
-    A crash or exception leaves ``final`` as it was (absent, or the previous store)
-    and removes the partial output. An existing ``final`` without ``overwrite`` is an
-    error raised before anything is written.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> with atomic_output(d / "x.txt") as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> (d / "x.txt").read_text()
-    'done'
-    """
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise StoreError(
-            f"{final} already exists; nothing was changed. Pass --overwrite to replace it, "
-            "or choose another --out."
-        )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _remove(old)
-    else:
-        os.replace(tmp, final)

@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import wasserstein_distance
 
 from flashsim import __version__
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import DTYPE
+from flashsim.outputs import atomic_output, strict_json
 from flashsim.sampling import TrainedFlow, resolve_checkpoint
 from flashsim.store import DEFAULT_DATA_DIR, SPLITS, detect_format, find_store, read_metadata
 
@@ -266,7 +268,6 @@ def column_metrics(
     ``halves`` is a permutation of ``range(len(full))``; its first and second halves
     give the statistical floor.
     """
-    wasserstein_distance = _wasserstein()
     full = full.astype(np.float64)
     finite = np.isfinite(flash)
     std = float(full.std())
@@ -287,17 +288,6 @@ def column_metrics(
         flashsim=Moments.of(flash_physical[finite]),
         nonfinite=int((~finite).sum()),
     )
-
-
-def _wasserstein():
-    try:
-        from scipy.stats import wasserstein_distance
-    except ImportError:
-        raise FlashSimError(
-            "flashsim validate needs scipy for the Wasserstein distances, and it is not "
-            "installed in this environment; install it with `pip install scipy`."
-        ) from None
-    return wasserstein_distance
 
 
 def summarize(columns: list[ColumnMetrics]) -> dict:
@@ -376,17 +366,6 @@ def plot_histograms(
     return fig
 
 
-def _jsonable(value):
-    """NaN/inf -> None (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def write_outputs(out: Path, record: dict, figure) -> tuple[Path, Path]:
     """Write ``validation.json`` and ``validation.png`` into ``out`` atomically.
 
@@ -394,18 +373,15 @@ def write_outputs(out: Path, record: dict, figure) -> tuple[Path, Path]:
     into place (PNG first, JSON last: a JSON always comes with its PNG). Other files in
     ``out`` are left alone.
     """
-    out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / JSON_NAME, out / PNG_NAME
-    tmp_json = out / f".{JSON_NAME}.partial-{os.getpid()}"
-    tmp_png = out / f".{PNG_NAME}.partial-{os.getpid()}"
-    try:
+    text = json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n"
+    # contexts exit in reverse order: the PNG is renamed into place first, the JSON last
+    with (
+        atomic_output(json_path, overwrite=True) as tmp_json,
+        atomic_output(png_path, overwrite=True) as tmp_png,
+    ):
         figure.savefig(tmp_png, format="png")
-        tmp_json.write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp_png, png_path)
-        os.replace(tmp_json, json_path)
-    finally:
-        tmp_png.unlink(missing_ok=True)
-        tmp_json.unlink(missing_ok=True)
+        tmp_json.write_text(text)
     return json_path, png_path
 
 

@@ -42,7 +42,8 @@ import numpy as np
 from flashsim import __version__
 from flashsim.errors import FlashSimError, InputError, StoreError
 from flashsim.layouts import OBJECTS, layout_for
-from flashsim.store import DEFAULT_DATA_DIR, FORMATS, atomic_output, store_path
+from flashsim.outputs import atomic_output
+from flashsim.store import DEFAULT_DATA_DIR, FORMATS, store_path
 from flashsim.transforms import JET_PREPROCESSING, Dequantize, Preprocessing, muon_preprocessing
 from pipelines.branches import (
     GEN_MUON_DEFINITIONS,

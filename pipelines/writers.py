@@ -4,7 +4,7 @@ All three share one interface (:class:`StoreWriter`): rows arrive in blocks of a
 size through :meth:`~StoreWriter.append`, are buffered up to ``chunk_rows`` and written
 as whole-row chunks, so memory stays bounded by one chunk per split whatever the
 input size. :meth:`~StoreWriter.close` writes the metadata and, through
-:func:`flashsim.store.atomic_output`, moves the store to its final name; an
+:func:`flashsim.outputs.atomic_output`, moves the store to its final name; an
 exception inside the ``with`` block leaves nothing under that name.
 
 Examples
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from flashsim.layouts import DTYPE
+from flashsim.outputs import atomic_output
 from flashsim.store import (
     FORMAT_VERSION,
     HDF5_SPLIT_DATASETS,
     META_KEY,
     SPLITS,
     WDS_MANIFEST,
-    atomic_output,
 )
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20

@@ -11,7 +11,8 @@ import zarr
 
 from flashsim.errors import StoreError
 from flashsim.layouts import JETS, MUONS, layout_for, layout_for_width
-from flashsim.store import atomic_output, find_store, read_metadata, store_layout, store_path
+from flashsim.outputs import atomic_output
+from flashsim.store import find_store, read_metadata, store_layout, store_path
 from flashsim.transforms import (
     JET_PREPROCESSING,
     MUON_PREPROCESSING,

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from flashsim.errors import StoreError
+from flashsim.outputs import atomic_output
 from flashsim.store import (
     DEFAULT_DATA_DIR,
     FORMATS,
     HDF5_SPLIT_DATASETS,
     SPLITS,
     WDS_MANIFEST,
-    atomic_output,
     detect_format,
     find_store,
     read_metadata,

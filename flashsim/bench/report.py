@@ -8,11 +8,11 @@ Files are written atomically: a failed write leaves any earlier file in place.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from flashsim.bench.harness import MODES
+from flashsim.outputs import atomic_output, strict_json, write_text_atomic
 
 
 def is_original(loader: str) -> bool:
@@ -108,35 +108,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _replace_atomically(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json(result: dict, path: str | os.PathLike) -> Path:
     """Write ``result`` as indented JSON (non-finite floats become ``null``)."""
-    text = json.dumps(_jsonable(result), indent=1)
-    return _replace_atomically(Path(path), lambda tmp: tmp.write_text(text + "\n"))
+    return write_text_atomic(path, json.dumps(strict_json(result), indent=1) + "\n")
 
 
 def plot(result: dict, path: str | os.PathLike) -> Path:
@@ -206,10 +180,9 @@ def plot(result: dict, path: str | os.PathLike) -> Path:
     )
     fig.tight_layout()
 
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png")
-
     try:
-        return _replace_atomically(Path(path), save)
+        with atomic_output(path, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png")
+        return Path(path)
     finally:
         plt.close(fig)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from flashsim.errors import FlashSimError
+from flashsim.outputs import atomic_output
 
 CHECKPOINT_FORMAT = "flashsim-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -88,35 +90,21 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     The previous file at ``path`` stays intact until the new one is complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **to_safe(state)}
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a crash keeps old or new, whole
     return path
 
 
 def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Atomically copy a checkpoint file (e.g. ``last.pt`` to ``best.pt``)."""
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(1 << 24):
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(dst, overwrite=True) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 24)
+        fout.flush()
+        os.fsync(fout.fileno())
     return dst
 
 

@@ -19,10 +19,11 @@ CPU wall time, or GPU time from CUDA events), ``host_s`` (the rest:
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from flashsim.outputs import atomic_output, strict_json, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -40,19 +41,6 @@ _SCALARS = (
     "samples_per_s",
     "val_s",
 )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(value):
-    # JSON has no NaN/inf; write null instead so every line stays standard JSON.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
@@ -86,9 +74,8 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic_output(path, overwrite=True) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
 
@@ -117,9 +104,9 @@ class MetricsLogger:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(
+        write_text_atomic(
             self.out_dir / METRICS_FILE,
-            "".join(json.dumps({k: _json_safe(v) for k, v in r.items()}) + "\n" for r in history),
+            "".join(json.dumps(strict_json(r)) + "\n" for r in history),
         )
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -139,7 +126,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         with open(self.out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+            f.write(json.dumps(strict_json(record)) + "\n")
         if self._tb is not None:
             for key in _SCALARS:
                 if key in record:

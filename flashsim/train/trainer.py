@@ -41,6 +41,7 @@ from flashsim import __version__
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import Layout, layout_for
 from flashsim.model import FlowConfig, build_flow, count_parameters, set_standardization
+from flashsim.outputs import write_text_atomic
 from flashsim.presets import DEFAULT_PRESET, get_preset
 from flashsim.store import find_store, read_metadata, store_layout
 from flashsim.train import distributed
@@ -695,9 +696,7 @@ class _Run:
             "tool_version": __version__,
             "torch_version": torch.__version__,
         }
-        tmp = self.out / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp, self.out / RUN_FILE)
+        write_text_atomic(self.out / RUN_FILE, json.dumps(info, indent=1, default=str))
 
     def run(self) -> TrainResult:
         cfg = self.config
