@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flashsim.options import TOY_PROCESSES, TTBAR
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--process", default="ttbar")
+    parser.add_argument("--process", default=TTBAR, choices=TOY_PROCESSES.values)
     parser.add_argument("--compression", default="lz4")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=1)

@@ -48,6 +48,7 @@ from flashsim import __version__
 from flashsim.errors import FlashSimError, InputError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
 from flashsim.layouts import Layout
+from flashsim.options import FINAL_STATE
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.sampling import TrainedFlow
 from loaders.base import resolve_device
@@ -276,8 +277,8 @@ def _jet_gen_muons(models: Mapping[str, TrainedFlow]) -> str:
     (prep --gen-muons). The muons simulated are always the final-state ones."""
     jets = models.get("jets")
     if jets is None:
-        return "final-state"
-    return jets.metadata.get("options", {}).get("gen_muons", "final-state")
+        return FINAL_STATE
+    return jets.metadata.get("options", {}).get("gen_muons", FINAL_STATE)
 
 
 def _chunks(
@@ -295,7 +296,7 @@ def _chunks(
             ev = materialize(arrays, inp.plan, n_events)
             collections = _gen_collections(ev)
             for obj, model in models.items():
-                definition = gen_muons if obj == "jets" else "final-state"
+                definition = gen_muons if obj == "jets" else FINAL_STATE
                 coll, bad = _simulate(model, ev, definition, _step_seed(seed, inp.index, step, obj))
                 collections[COLLECTION_OF[obj]] = coll
                 skipped[obj] += bad

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from flashsim.errors import StoreError
 from flashsim.layouts import Layout, layout_for
+from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR
 
-FORMATS: tuple[str, ...] = ("zarr", "webdataset", "hdf5")
+FORMATS: tuple[str, ...] = STORE_FORMATS.values
 SPLITS: tuple[str, ...] = ("train", "val")
 FORMAT_VERSION = 1
 META_KEY = "flashsim"
@@ -51,13 +52,12 @@ LOADER_KINDS: tuple[str, ...] = (
 DEFAULT_DATA_DIR = Path("shards")
 """Where ``flashsim prep`` writes and ``train``/``bench-loader`` read by default."""
 
-_SUFFIX = {"zarr": ".zarr", "webdataset": "-wds", "hdf5": ".h5"}
+_SUFFIX = {ZARR: ".zarr", WEBDATASET: "-wds", HDF5: ".h5"}
 
 
 def store_path(out_dir: str | os.PathLike, obj: str, fmt: str) -> Path:
     """Path of the ``fmt`` store of object ``obj`` inside ``out_dir``."""
-    if fmt not in _SUFFIX:
-        raise StoreError(f"Unknown store format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    STORE_FORMATS.normalize(fmt, StoreError)
     return Path(out_dir) / f"{obj}{_SUFFIX[fmt]}"
 
 
@@ -65,11 +65,11 @@ def detect_format(path: str | os.PathLike) -> str:
     """Format of the store at ``path``: ``"zarr"``, ``"webdataset"`` or ``"hdf5"``."""
     p = Path(path)
     if p.is_dir() and ((p / "zarr.json").exists() or p.suffix == ".zarr"):
-        return "zarr"
+        return ZARR
     if p.is_dir() and (p / WDS_MANIFEST).exists():
-        return "webdataset"
+        return WEBDATASET
     if p.is_file() and p.suffix in (".h5", ".hdf5"):
-        return "hdf5"
+        return HDF5
     raise StoreError(
         f"{p} is not a flashsim store (expected a .zarr directory, a webdataset directory "
         f"with {WDS_MANIFEST}, or an .h5 file). Create one with `flashsim prep INPUT --out DIR`."
@@ -88,9 +88,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     p = Path(path)
     fmt = detect_format(p)
     try:
-        if fmt == "zarr":
+        if fmt == ZARR:
             meta = json.loads((p / "zarr.json").read_text())["attributes"][META_KEY]
-        elif fmt == "webdataset":
+        elif fmt == WEBDATASET:
             meta = json.loads((p / WDS_MANIFEST).read_text())[META_KEY]
         else:
             import h5py

@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from flashsim.layouts import DTYPE, JETS, MUONS, Layout, layout_for
+from flashsim.options import SUM_EOOT, SUM_EOOT_LOG1P, SumEOOT
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ JET_PREPROCESSING = Preprocessing(
 )
 
 
-def muon_preprocessing(sum_eoot: str = "log1p") -> Preprocessing:
+def muon_preprocessing(sum_eoot: SumEOOT = SUM_EOOT_LOG1P) -> Preprocessing:
     """The muon preprocessing of the original work.
 
     Args:
@@ -338,8 +339,7 @@ def muon_preprocessing(sum_eoot: str = "log1p") -> Preprocessing:
             dropped by prep and counted in the store's metadata (the original dropped
             them silently).
     """
-    if sum_eoot not in ("log1p", "log"):
-        raise ValueError(f"sum_eoot must be 'log1p' or 'log', not {sum_eoot!r}")
+    sum_eoot = SUM_EOOT.normalize(sum_eoot)
     log_offset = 0.001
     iso_offset = 1e-5
     return Preprocessing(
@@ -348,7 +348,7 @@ def muon_preprocessing(sum_eoot: str = "log1p") -> Preprocessing:
             # conditioning
             ("MGenMuon_pt", Log()),
             *_each(("MClosestJet_pt", "MClosestJet_mass"), Log1p()),
-            ("Pileup_sumEOOT", Log1p() if sum_eoot == "log1p" else Log()),
+            ("Pileup_sumEOOT", Log1p() if sum_eoot == SUM_EOOT_LOG1P else Log()),
             ("Pileup_sumLOOT", Log1p()),
             # targets: clipping first
             ("MMuon_dxyErr", Clip(None, 1.0)),

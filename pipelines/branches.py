@@ -38,6 +38,7 @@ import numpy as np
 
 from flashsim.errors import InputError
 from flashsim.layouts import JETS, MUONS
+from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 
 # ---------------------------------------------------------------------------
 # What each object reads. Value branches are copied into one layout column each;
@@ -105,20 +106,16 @@ MUON_KINEMATICS = ("Muon_genPartIdx", "Muon_eta", "Muon_phi", "Muon_pt")
 GENJET_KINEMATICS = ("GenJet_eta", "GenJet_phi", "GenJet_pt", "GenJet_mass")
 GENPART_KINEMATICS = ("GenPart_eta", "GenPart_phi", "GenPart_pt", "GenPart_pdgId")
 
-GEN_MUON_DEFINITIONS = ("final-state", "all")
-"""``final-state``: |pdgId| == 13 and status == 1 (default); ``all``: every |pdgId| == 13
-(the original FlashSim definition, which also counts hard-process copies)."""
-
 
 def required_branches(
-    obj: str, gen_muons: str = "final-state", *, generation: bool = False
+    obj: str, gen_muons: GenMuons = FINAL_STATE, *, generation: bool = False
 ) -> tuple[str, ...]:
     """Canonical branches object ``obj`` (``"jets"`` or ``"muons"``) needs, in a fixed order.
 
     ``generation=True``: only the generator-level (and pileup) branches that the
     conditioning of every gen-level object needs (``flashsim generate``).
     """
-    status = ("GenPart_status",) if gen_muons == "final-state" else ()
+    status = ("GenPart_status",) if gen_muons == FINAL_STATE else ()
     if obj == "jets":
         gen = (*GENJET_VALUE_BRANCHES.values(), *GENPART_KINEMATICS, *status)
         return gen if generation else (*JET_KINEMATICS, *gen, *JET_VALUE_BRANCHES.values())
@@ -148,7 +145,7 @@ CONSTANT_ALLOWED = frozenset(
 """Branches a constant may replace (per-object or per-event values, not kinematics or indices)."""
 
 KNOWN_BRANCHES = frozenset(
-    b for obj in ("jets", "muons") for g in GEN_MUON_DEFINITIONS for b in required_branches(obj, g)
+    b for obj in ("jets", "muons") for g in GEN_MUONS for b in required_branches(obj, g)
 )
 
 
@@ -437,7 +434,7 @@ def resolve_branches(
     available: Iterable[str],
     objects: Iterable[str],
     *,
-    gen_muons: str = "final-state",
+    gen_muons: GenMuons = FINAL_STATE,
     branch_map: Mapping[str, str | float] | None = None,
     strict: bool = False,
     path: str = "",

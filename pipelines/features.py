@@ -32,6 +32,7 @@ import awkward as ak
 import numpy as np
 
 from flashsim.layouts import DTYPE, JETS, MUONS
+from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 from pipelines.branches import (
     GENJET_VALUE_BRANCHES,
     JET_VALUE_BRANCHES,
@@ -207,13 +208,11 @@ class _Partners:
         return _flat(self.ev[branch])[self.gen_index]
 
 
-def gen_muon_mask(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> ak.Array:
+def gen_muon_mask(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE) -> ak.Array:
     """Which GenParts are "gen muons": |pdgId| == 13, and status == 1 unless ``gen_muons="all"``."""
     mask = abs(ev["GenPart_pdgId"]) == 13
-    if gen_muons == "final-state":
+    if GEN_MUONS.normalize(gen_muons) == FINAL_STATE:
         mask = mask & (ev["GenPart_status"] == 1)
-    elif gen_muons != "all":
-        raise ValueError(f"gen_muons must be 'final-state' or 'all', not {gen_muons!r}")
     return mask
 
 
@@ -240,7 +239,7 @@ def _jet_conditioning(ev: Mapping, jets: _Partners, gen_muons: str) -> dict[str,
     return columns
 
 
-def jet_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+def jet_features(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE) -> np.ndarray:
     """Raw jet rows ``(n_matched_jets, 31)`` float32 of one step of events."""
     genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
     jets = _Partners.matched(ev, "Jet_genJetIdx", genjet_counts)
@@ -303,7 +302,7 @@ def _muon_conditioning(ev: Mapping, muons: _Partners) -> dict[str, np.ndarray]:
     return columns
 
 
-def muon_features(ev: Mapping[str, ak.Array], gen_muons: str = "final-state") -> np.ndarray:
+def muon_features(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE) -> np.ndarray:
     """Raw muon rows ``(n_matched_muons, 52)`` float32 of one step of events.
 
     ``gen_muons`` is accepted for symmetry with :func:`jet_features` and unused: a
@@ -338,7 +337,7 @@ class GenConditioning:
 
 
 def gen_jet_conditioning(
-    ev: Mapping[str, ak.Array], gen_muons: str = "final-state"
+    ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE
 ) -> GenConditioning:
     """Jet conditioning ``(n_genjets, 14)`` of every GenJet of one step of events."""
     genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
@@ -348,7 +347,7 @@ def gen_jet_conditioning(
 
 
 def gen_muon_conditioning(
-    ev: Mapping[str, ak.Array], gen_muons: str = "final-state"
+    ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE
 ) -> GenConditioning:
     """Muon conditioning ``(n_gen_muons, 30)`` of every gen muon (see
     :func:`gen_muon_mask`) of one step of events."""

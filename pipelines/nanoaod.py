@@ -151,52 +151,6 @@ def _by_canonical(arrays: ak.Array, keys: Mapping[str, str], names: Sequence[str
     return out
 
 
-def read_events(path: str | os.PathLike, branches: Sequence[str] | None = None) -> ak.Array:
-    """All events of ``path`` (optionally only ``branches``) as one awkward record array
-    with canonical field names.
-
-    For small files and subsets (tests, inspection); prep itself reads in steps.
-    """
-    events = _cached_events(Path(path))
-    keys = _key_map(events)
-    names = list(branches) if branches is not None else [k for k in keys if k == keys[k]]
-    arrays = events.arrays([keys[n] for n in names], library="ak")
-    return ak.zip(_by_canonical(arrays, keys, names), depth_limit=1)
-
-
-def write_events(path: str | os.PathLike, events: ak.Array | dict, rntuple: bool = False) -> Path:
-    """Write NanoAOD-style ``Events`` with branches named ``Collection_field``.
-
-    ``events`` maps branch names (``Jet_pt``, ``Pileup_nPU``) to arrays, jagged for
-    per-object branches. Branches sharing a ``Collection_`` prefix must share their
-    jagged structure; they are written as one collection: a TTree with flat branches
-    and an ``nCollection`` counter, as NanoAOD does, or (``rntuple=True``) an RNTuple
-    whose collections have subfields (``Jet.pt``), uproot's RNTuple layout. Useful to
-    cut a subset of a file, or to build small inputs for tests.
-    """
-    import uproot
-
-    fields = events.fields if isinstance(events, ak.Array) else list(events)
-    prefixes = {f.split("_", 1)[0] for f in fields if "_" in f}
-    flat, collections = {}, {}
-    for name in fields:
-        arr = ak.Array(events[name])
-        if arr.ndim > 1 and "_" in name:
-            prefix, sub = name.split("_", 1)
-            collections.setdefault(prefix, {})[sub] = arr
-        elif not (name.startswith("n") and name[1:] in prefixes):
-            flat[name] = arr  # counters (nJet) are rewritten by uproot
-    tree = {prefix: ak.zip(subs, depth_limit=2) for prefix, subs in collections.items()}
-    tree.update(flat)
-    out = Path(path)
-    with uproot.recreate(out) as f:
-        if rntuple:
-            f.mkrntuple(EVENTS, ak.zip(tree, depth_limit=1))
-        else:  # since uproot 5.7, `f[name] = data` writes an RNTuple; mktree writes a TTree
-            f.mktree(EVENTS, tree)
-    return out
-
-
 def iterate_steps(
     path: str | os.PathLike,
     branches: Sequence[str],

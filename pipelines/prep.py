@@ -42,11 +42,22 @@ import numpy as np
 from flashsim import __version__
 from flashsim.errors import FlashSimError, InputError, StoreError
 from flashsim.layouts import OBJECTS, layout_for
+from flashsim.options import (
+    FINAL_STATE,
+    GEN_MUONS,
+    STORE_FORMATS,
+    SUM_EOOT,
+    SUM_EOOT_LOG,
+    SUM_EOOT_LOG1P,
+    ZARR,
+    GenMuons,
+    StoreFormat,
+    SumEOOT,
+)
 from flashsim.outputs import atomic_output
-from flashsim.store import DEFAULT_DATA_DIR, FORMATS, store_path
+from flashsim.store import DEFAULT_DATA_DIR, store_path
 from flashsim.transforms import JET_PREPROCESSING, Dequantize, Preprocessing, muon_preprocessing
 from pipelines.branches import (
-    GEN_MUON_DEFINITIONS,
     BranchPlan,
     MissingBranches,
     column_of,
@@ -67,7 +78,6 @@ log = logging.getLogger("flashsim.prep")
 
 STEPS_PER_TASK = 5
 """Most steps per task: tasks are the unit of parallel work (and of progress with workers)."""
-SUM_EOOT_CHOICES = ("log1p", "log")
 SUBSTITUTE_DEQUANTIZE_SIGMA = 0.1
 
 
@@ -251,7 +261,7 @@ def _constant_targets(substitutions: Iterable[dict]) -> set[str]:
 
 
 def preprocessing_for(
-    obj: str, sum_eoot: str = "log1p", constant_targets: Iterable[str] = ()
+    obj: str, sum_eoot: SumEOOT = SUM_EOOT_LOG1P, constant_targets: Iterable[str] = ()
 ) -> Preprocessing:
     """The preprocessing chain of ``obj``, from :mod:`flashsim.transforms`.
 
@@ -278,7 +288,7 @@ def _hdf5_preprocessing(obj: str, inputs: Sequence[_Input]) -> tuple[Preprocessi
             return Preprocessing.from_dict(
                 obj, meta["preprocessing"]
             ), f"metadata of {inp.file.path}"
-    pre = JET_PREPROCESSING if obj == "jets" else muon_preprocessing("log")
+    pre = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(SUM_EOOT_LOG)
     return pre, (
         "assumed: original FlashSim HDF5 rows carry no record of their preprocessing; the "
         "original chain is recorded (Pileup_sumEOOT -> log)"
@@ -490,15 +500,14 @@ def _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, s
         raise FlashSimError(
             f"Unknown object(s) {', '.join(bad)}; choose from {', '.join(OBJECTS)}."
         )
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats if f not in STORE_FORMATS]
     if bad or not formats:
         raise FlashSimError(
-            f"Unknown store format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(FORMATS)}."
+            f"Unknown store format(s) {', '.join(bad) or '(none)'}; "
+            f"choose from {', '.join(STORE_FORMATS)}."
         )
-    if gen_muons not in GEN_MUON_DEFINITIONS:
-        raise FlashSimError(f"--gen-muons must be one of {', '.join(GEN_MUON_DEFINITIONS)}.")
-    if sum_eoot not in SUM_EOOT_CHOICES:
-        raise FlashSimError(f"--sum-eoot must be one of {', '.join(SUM_EOOT_CHOICES)}.")
+    GEN_MUONS.normalize(gen_muons)
+    SUM_EOOT.normalize(sum_eoot)
     if workers < 1:
         raise FlashSimError(f"--workers must be >= 1, not {workers}.")
     if chunk_rows is not None and chunk_rows < 1:
@@ -512,7 +521,7 @@ def prep(
     out_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     *,
     objects: Sequence[str] | None = None,
-    formats: Sequence[str] = ("zarr",),
+    formats: Sequence[StoreFormat] = (ZARR,),
     seed: int = 0,
     val_rows: int | None = None,
     val_fraction: float | None = None,
@@ -521,8 +530,8 @@ def prep(
     overwrite: bool = False,
     strict: bool = False,
     branch_map: Mapping[str, str | float] | None = None,
-    gen_muons: str = "final-state",
-    sum_eoot: str = "log1p",
+    gen_muons: GenMuons = FINAL_STATE,
+    sum_eoot: SumEOOT = SUM_EOOT_LOG1P,
     dask_scheduler: str | None = None,
     progress: bool = True,
     step_events: int = DEFAULT_STEP_EVENTS,

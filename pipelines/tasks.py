@@ -6,17 +6,10 @@ preprocessing and saves each step's rows as ``.npy`` blocks in the spool directo
 is a plain picklable function of its arguments, so the same task runs in-process, in a
 ``ProcessPoolExecutor`` or on a Dask worker, with identical results: the random stream
 of a step depends only on ``(seed, file index, step index, object)``.
-
-Examples
---------
->>> rows = raw_feature_rows("../shared/data/nano_dy.root", "muons")  # doctest: +SKIP
->>> rows.shape  # doctest: +SKIP
-(16, 52)
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from flashsim.layouts import OBJECTS, Layout, layout_for
+from flashsim.options import FINAL_STATE, GenMuons
 from flashsim.transforms import Preprocessing
-from pipelines.branches import BranchPlan, materialize, resolve_branches
+from pipelines.branches import BranchPlan, materialize
 from pipelines.features import FEATURES
 from pipelines.hdf5_input import inspect_hdf5, iterate_row_steps
 from pipelines.inputs import sha256_of
-from pipelines.nanoaod import inspect_nanoaod, iterate_steps
+from pipelines.nanoaod import iterate_steps
 
 DEFAULT_STEP_EVENTS = 20_000
 """Events read per step: bounds memory (a step's arrays and rows) whatever the file size."""
@@ -101,7 +95,7 @@ class Task:
     objects: tuple[str, ...]
     spool_dir: str
     seed: int = 0
-    gen_muons: str = "final-state"
+    gen_muons: GenMuons = FINAL_STATE
     plan: BranchPlan | None = None
     preprocessing: Mapping[str, Preprocessing] = field(default_factory=dict)
     hash_input: bool = False
@@ -195,28 +189,3 @@ def run_task(task: Task, on_step: Callable[[int], None] | None = None) -> TaskRe
             if on_step:
                 on_step(len(rows))
     return result
-
-
-def raw_feature_rows(
-    path: str | os.PathLike,
-    obj: str,
-    *,
-    gen_muons: str = "final-state",
-    branch_map: Mapping[str, str | float] | None = None,
-    entry_stop: int | None = None,
-) -> np.ndarray:
-    """Raw (unpreprocessed) rows of ``obj`` in one NanoAOD file, ``(n, 31|52)`` float32.
-
-    The rows prep would write before dropping non-finite values and preprocessing,
-    in file order; built-in substitutes apply as in prep. For inspection and tests.
-    """
-    info = inspect_nanoaod(path)
-    stop = info.n_events if entry_stop is None else min(entry_stop, info.n_events)
-    plan = resolve_branches(
-        info.branches, (obj,), gen_muons=gen_muons, branch_map=branch_map, path=str(path)
-    )
-    blocks = [
-        FEATURES[obj](materialize(arrays, plan, n_events), gen_muons)
-        for _, n_events, arrays in iterate_steps(path, plan.reads, 0, stop, DEFAULT_STEP_EVENTS)
-    ]
-    return np.concatenate(blocks) if blocks else np.empty((0, layout_for(obj).n_columns), "f4")

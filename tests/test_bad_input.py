@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
+from conftest import DY, read_events, write_events
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError, InputError
 from flashsim.store import read_metadata, store_path
 from pipelines.branches import load_branch_map, parse_branch_option, required_branches
 from pipelines.inputs import expand_inputs
-from pipelines.nanoaod import read_events, write_events
 from pipelines.prep import prep
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DY = DATA / "nano_dy.root"
 
 
 def run_cli(*args: str):
@@ -68,6 +65,7 @@ def test_root_file_without_events(tmp_path, out):
     assert_cli_error([path, "--out", out], str(path), "without an 'Events' tree", "Runs")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_collision_data_without_generator_branches(tmp_path, out):
     reco = [
         b
@@ -90,6 +88,7 @@ def test_hdf5_with_wrong_width_or_no_data(tmp_path, out):
     assert not out.exists()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_zero_event_file_contributes_zero_rows(tmp_path, out):
     events = read_events(
         DY, sorted(set(required_branches("jets")) | set(required_branches("muons")))
@@ -108,6 +107,7 @@ def test_zero_event_file_contributes_zero_rows(tmp_path, out):
     }
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_existing_output_without_overwrite(tmp_path, out):
     prep([DY], out, objects=["muons"], progress=False)
     before = read_metadata(store_path(out, "muons", "zarr"))
@@ -116,6 +116,7 @@ def test_existing_output_without_overwrite(tmp_path, out):
     assert not store_path(out, "jets", "zarr").exists()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_input_expansion_errors(tmp_path, out):
     with pytest.raises(InputError, match="matches no file"):
         expand_inputs([str(tmp_path / "*.root")])
@@ -135,6 +136,7 @@ def test_input_expansion_errors(tmp_path, out):
         prep([DY, h5], out, progress=False)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_bad_options_and_branch_maps(tmp_path, out):
     with pytest.raises(FlashSimError, match="NAME=SOURCE"):
         parse_branch_option("Jet_puId")
@@ -160,6 +162,7 @@ def test_bad_options_and_branch_maps(tmp_path, out):
     assert not out.exists()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_damaged_root_file(tmp_path, out):
     truncated = tmp_path / "truncated.root"
     truncated.write_bytes(DY.read_bytes()[:5000])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import uproot
 from click.testing import CliRunner
 
 from flashsim.cli import main
+
+pytestmark = pytest.mark.multiprocess  # several processes: label for `-m "not multiprocess"`
 
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):

@@ -9,6 +9,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from conftest import DY, TTBAR, raw_feature_rows
 
 from flashsim.layouts import JETS, MUONS
 from pipelines.branches import (
@@ -22,12 +23,6 @@ from pipelines.branches import (
     resolve_branches,
 )
 from pipelines.features import charge_from_pdg_id, jet_features, muon_features, wrap_phi
-from pipelines.tasks import raw_feature_rows
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TTBAR = DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
-DY = DATA / "nano_dy.root"
-
 
 # --------------------------------------------------------------------------- reference
 
@@ -134,6 +129,7 @@ def ref_muon_rows(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize("gen_muons", ["final-state", "all"])
 @pytest.mark.parametrize("path", [TTBAR, DY], ids=["ttbar", "dy"])
 def test_jet_rows_match_reference(path, gen_muons):
@@ -146,6 +142,7 @@ def test_jet_rows_match_reference(path, gen_muons):
     assert np.all(got[:, JETS.index("MJet_phiMinusGen")] < np.pi)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_jet_counts_and_gen_muon_definitions():
     assert len(raw_feature_rows(TTBAR, "jets")) == 362
     assert len(raw_feature_rows(DY, "jets")) == 95
@@ -156,6 +153,7 @@ def test_jet_counts_and_gen_muon_definitions():
     assert (every[:, second] < 0.4).sum() > (final[:, second] < 0.4).sum()
 
 
+@pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize("path", [TTBAR, DY], ids=["ttbar", "dy"])
 def test_muon_rows_match_reference(path):
     got = raw_feature_rows(path, "muons")
@@ -164,6 +162,7 @@ def test_muon_rows_match_reference(path):
     np.testing.assert_allclose(got, ref.astype(np.float32), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_charge_sign_is_physical():
     np.testing.assert_array_equal(
         charge_from_pdg_id(np.array([13, -13, 11, -15, 211, -211])), [-1, 1, -1, 1, 1, -1]
@@ -266,6 +265,7 @@ def test_muon_closest_jet_uses_all_genjets_and_repeats_pileup():
     np.testing.assert_allclose(col["MMuon_ptRatio"], [2.0, 1.0, 0.8])
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_deep_c_substitute():
     b = ak.Array([[0.5, -1.0, 0.2, 0.3]])
     cvb = ak.Array([[0.5, 0.3, -1.0, 1.0]])

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import awkward as ak
 import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
+from conftest import TTBAR as REAL_TTBAR
+from conftest import raw_feature_rows
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError
@@ -27,10 +28,7 @@ from pipelines.branches import resolve_branches
 from pipelines.features import gen_jet_conditioning, gen_muon_conditioning
 from pipelines.nanoaod import inspect_nanoaod, iterate_steps
 from pipelines.prep import prep
-from pipelines.tasks import raw_feature_rows
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_TTBAR = REAL / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
 TINY_FLOW = {"num_flow_steps": 2, "hidden_features": 16, "num_blocks": 1, "num_bins": 4}
 
 
@@ -131,6 +129,7 @@ def test_same_seed_same_events_other_seed_other_events(workflow, tmp_path):
     assert not ak.all(a.Jet_pt == c.Jet_pt)
 
 
+@pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize("gen_muons", ["final-state", "all"])
 def test_generation_conditioning_is_the_training_conditioning(gen_muons):
     """The gen-level rows generation feeds the flow equal the conditioning columns of the

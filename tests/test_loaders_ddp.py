@@ -7,6 +7,7 @@ import math
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,6 +15,8 @@ import torch.multiprocessing as mp
 import loaders
 from flashsim.layouts import JETS
 from pipelines.writers import write_store
+
+pytestmark = pytest.mark.multiprocess  # several processes: label for `-m "not multiprocess"`
 
 N_ROWS = 3001
 KINDS = ("chunked", "webdataset", "resident", "original-jets")

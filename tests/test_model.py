@@ -136,6 +136,7 @@ def test_paper_preset_is_the_original_model(obj, layout, hidden):
     assert (p.lr, p.epochs, p.batch_size) == (1e-5, 600, 2048)
 
 
+@pytest.mark.multiprocess  # a 50 M-parameter model: heavy, grouped with the multiprocess tests
 def test_paper_jets_has_the_papers_parameter_count():
     # "50+ million parameters" for the full model in the original write-up
     n = count_parameters(build_flow(get_preset("paper", "jets").flow, seed=0))

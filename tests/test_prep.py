@@ -10,20 +10,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import DY, TTBAR, raw_feature_rows, read_events, write_events
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import JETS, MUONS
 from flashsim.store import SPLITS, read_metadata, store_path
 from flashsim.transforms import Dequantize, SmearSpike
 from pipelines import writers
-from pipelines.nanoaod import read_events, write_events
 from pipelines.prep import prep, preprocessing_for
 from pipelines.store_info import column_stats, describe_store, iter_blocks
-from pipelines.tasks import drop_non_finite, raw_feature_rows, step_rng
+from pipelines.tasks import drop_non_finite, step_rng
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TTBAR = DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
-DY = DATA / "nano_dy.root"
 SAMPLES = [str(TTBAR), str(DY)]
 MATCHED = {"jets": 362 + 95, "muons": 38 + 16}
 
@@ -40,12 +37,13 @@ def random_columns(layout, obj, sum_eoot="log1p", constants=()):
 
 
 @pytest.fixture(scope="module")
-def all_formats(tmp_path_factory):
+def all_formats(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("all") / "shards"
     summary = prep(SAMPLES, out, formats=("zarr", "webdataset", "hdf5"), progress=False)
     return out, summary
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_row_counts_and_summary(all_formats):
     out, summary = all_formats
     for obj in ("jets", "muons"):
@@ -61,6 +59,7 @@ def test_row_counts_and_summary(all_formats):
     assert "Jet_btagCMVA" in text and str(store_path(out, "jets", "webdataset")) in text
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_three_formats_hold_identical_rows(all_formats):
     out, _ = all_formats
     for obj, layout in (("jets", JETS), ("muons", MUONS)):
@@ -76,6 +75,7 @@ def test_three_formats_hold_identical_rows(all_formats):
         )
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_metadata_is_complete(all_formats):
     out, _ = all_formats
     for obj, layout in (("jets", JETS), ("muons", MUONS)):
@@ -107,6 +107,7 @@ def test_metadata_is_complete(all_formats):
             assert subs == {}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_preprocessing_applied_as_declared(tmp_path):
     out = tmp_path / "s"
     prep([TTBAR], out, val_rows=0, progress=False)
@@ -126,6 +127,7 @@ def test_preprocessing_applied_as_declared(tmp_path):
     )
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_same_seed_same_bytes_other_seed_other_noise(tmp_path, all_formats):
     ref_out, _ = all_formats
     again = prep(SAMPLES, tmp_path / "again", progress=False)
@@ -153,6 +155,8 @@ def test_same_seed_same_bytes_other_seed_other_noise(tmp_path, all_formats):
         assert np.array_equal(np.round(a[:, dequantized]), np.round(b[:, dequantized]))
 
 
+@pytest.mark.multiprocess
+@pytest.mark.usefixtures("shared_data")
 def test_workers_and_dask_give_identical_rows(tmp_path):
     from distributed import LocalCluster
 
@@ -179,6 +183,7 @@ def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_failure_midway_leaves_nothing_and_keeps_existing_store(tmp_path, monkeypatch):
     out = tmp_path / "shards"
     calls = {"n": 0}
@@ -212,6 +217,7 @@ def test_failure_midway_leaves_nothing_and_keeps_existing_store(tmp_path, monkey
     assert _leftovers(out) == []
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_existing_store_is_refused_before_any_work(tmp_path):
     out = tmp_path / "shards"
     prep([DY], out, objects=["jets"], progress=False)
@@ -226,6 +232,7 @@ def test_existing_store_is_refused_before_any_work(tmp_path):
     assert _leftovers(out) == []
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_val_rules(tmp_path):
     a = prep([DY], tmp_path / "a", val_fraction=0.5, progress=False)
     assert a.objects["jets"].rows == {"train": 47, "val": 48}
@@ -254,6 +261,7 @@ def _copy_dy(tmp_path: Path, name: str, drop=(), change=None, rntuple=False) -> 
     return write_events(tmp_path / name, fields, rntuple=rntuple)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sum_eoot_log_drops_are_counted(tmp_path):
     events = read_events(DY, ["Pileup_sumEOOT", "Muon_genPartIdx"])
     zero = np.arange(len(events)) % 2 == 0
@@ -290,6 +298,7 @@ NEWER_NANO_MISSING = (
 )
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_newer_nanoaod_needs_a_branch_map(tmp_path):
     events = read_events(DY, ["Jet_btagDeepFlavB", "Jet_btagDeepFlavC"])
     flav_b, flav_c = events["Jet_btagDeepFlavB"], events["Jet_btagDeepFlavC"]
@@ -342,6 +351,7 @@ def test_newer_nanoaod_needs_a_branch_map(tmp_path):
     )
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_strict_refuses_builtin_substitutes(tmp_path):
     with pytest.raises(FlashSimError) as err:
         prep([TTBAR], tmp_path / "s", strict=True, progress=False)
@@ -354,6 +364,7 @@ def test_strict_refuses_builtin_substitutes(tmp_path):
     assert muons.substitutions == []
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_gen_muons_all_is_recorded(tmp_path):
     prep([TTBAR], tmp_path / "all", objects=["jets"], gen_muons="all", val_rows=0, progress=False)
     meta = read_metadata(store_path(tmp_path / "all", "jets", "zarr"))
@@ -365,6 +376,7 @@ def test_gen_muons_all_is_recorded(tmp_path):
     )
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_rntuple_input_gives_the_same_rows(tmp_path):
     ttree = _copy_dy(tmp_path, "tree.root")
     rntuple = _copy_dy(tmp_path, "ntuple.root", rntuple=True)
@@ -377,6 +389,7 @@ def test_rntuple_input_gives_the_same_rows(tmp_path):
     assert meta["inputs"][0]["storage"] == "RNTuple"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_hdf5_inputs_are_rechunked_not_reprocessed(tmp_path, all_formats):
     out, _ = all_formats
     h5 = store_path(out, "muons", "hdf5")
@@ -403,6 +416,7 @@ def test_hdf5_inputs_are_rechunked_not_reprocessed(tmp_path, all_formats):
     assert meta["preprocessing_origin"].startswith("assumed")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_info_describes_store_with_chunkwise_stats(all_formats):
     out, _ = all_formats
     for fmt in ("zarr", "webdataset", "hdf5"):
@@ -419,6 +433,7 @@ def test_info_describes_store_with_chunkwise_stats(all_formats):
         assert "Jet_btagCMVA" in text
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_cli_prep_and_info(tmp_path, all_formats):
     from click.testing import CliRunner
 

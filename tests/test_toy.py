@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
+from conftest import DY as REAL_DY
+from conftest import TTBAR as REAL_WJETS  # W+jets despite its name
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError, InputError, StoreError
@@ -26,16 +28,7 @@ from flashsim.toy import (
     write_events,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_WJETS = DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"  # W+jets despite its name
-REAL_DY = DATA / "nano_dy.root"
 N_EVENTS = 20_000
-
-
-def _real(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real sample {path} not available")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +66,10 @@ def test_every_branch_has_the_nanoaod_type(ttbar_file):
         assert tree[counter].member("fLeaves")[0].member("fIsUnsigned")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_types_match_the_real_files(ttbar_file):
     toy = uproot.open(ttbar_file)["Events"]
-    real = [uproot.open(_real(p))["Events"] for p in (REAL_WJETS, REAL_DY)]
+    real = [uproot.open(p)["Events"] for p in (REAL_WJETS, REAL_DY)]
     checked = 0
     names = toy.keys()
     for name in names:
@@ -258,8 +252,9 @@ def test_gen_muons_and_reco_muons_are_plausible(ttbar):
 
 
 # --- comparison with real data -------------------------------------------------------------
+@pytest.mark.usefixtures("shared_data")
 def test_wjets_toy_matches_the_real_2015_sample(wjets_file):
-    real = coarse_figures(_real(REAL_WJETS))
+    real = coarse_figures(REAL_WJETS)
     toy = coarse_figures(wjets_file)
     assert real["events"] == 200 and toy["events"] == N_EVENTS
     assert set(REAL_SAMPLE_TOLERANCES) == set(FIGURE_NAMES)

@@ -19,6 +19,8 @@ from flashsim.train.checkpoint import read_checkpoint
 from flashsim.train.trainer import row_fingerprints
 from pipelines.writers import write_store
 
+pytestmark = pytest.mark.multiprocess  # several processes: label for `-m "not multiprocess"`
+
 
 def _rows(n: int, seed: int) -> np.ndarray:
     layout = layout_for("jets")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from flashsim.errors import StoreError
+from flashsim.options import ZARR
 from flashsim.outputs import atomic_output
 from flashsim.store import (
     DEFAULT_DATA_DIR,
@@ -114,7 +115,7 @@ def iter_rows(path: str | os.PathLike, split: str, block_rows: int = 65536) -> I
     storage order (zarr and HDF5 in blocks of ``block_rows``, webdataset one sample at a
     time)."""
     fmt = detect_format(path)
-    if fmt == "zarr":
+    if fmt == ZARR:
         import zarr
 
         arr = zarr.open_group(str(path), mode="r")[split]
@@ -306,10 +307,8 @@ def toy_events_for(obj: str, rows: int, workdir: Path, seed: int = 0) -> int:
     pilot = workdir / "pilot"
     pilot.mkdir(parents=True)
     generate_toy(pilot / "pilot.root", PILOT_EVENTS, seed=seed + 1)
-    prep(
-        [pilot / "pilot.root"], pilot, objects=(obj,), formats=("zarr",), seed=seed, progress=False
-    )
-    per_event = read_metadata(store_path(pilot, obj, "zarr"))["rows"]["train"] / PILOT_EVENTS
+    prep([pilot / "pilot.root"], pilot, objects=(obj,), formats=(ZARR,), seed=seed, progress=False)
+    per_event = read_metadata(store_path(pilot, obj, ZARR))["rows"]["train"] / PILOT_EVENTS
     shutil.rmtree(pilot)
     if per_event <= 0:
         raise StoreError(

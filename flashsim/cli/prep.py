@@ -10,7 +10,8 @@ import logging
 import click
 
 from flashsim.cli.options import branch_map_options, branch_mapping
-from flashsim.store import DEFAULT_DATA_DIR, FORMATS
+from flashsim.options import FINAL_STATE, GEN_MUONS, STORE_FORMATS, SUM_EOOT, SUM_EOOT_LOG1P, ZARR
+from flashsim.store import DEFAULT_DATA_DIR
 
 
 class _ClickHandler(logging.Handler):
@@ -55,8 +56,8 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     "--format",
     "formats",
     multiple=True,
-    default=("zarr",),
-    help=f"Store format, repeatable or comma-separated: {', '.join(FORMATS)}. All are "
+    default=(ZARR,),
+    help=f"Store format, repeatable or comma-separated: {', '.join(STORE_FORMATS)}. All are "
     "written in one pass.",
 )
 @click.option("--seed", default=0, type=int, help="Seeds the dequantization noise and the split.")
@@ -92,14 +93,14 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option(
     "--gen-muons",
-    type=click.Choice(["final-state", "all"]),
-    default="final-state",
+    type=GEN_MUONS.click_choice(),
+    default=FINAL_STATE,
     help="Gen muons near jets: final-state (|pdgId| 13, status 1) or all |pdgId| 13 (original).",
 )
 @click.option(
     "--sum-eoot",
-    type=click.Choice(["log1p", "log"]),
-    default="log1p",
+    type=SUM_EOOT.click_choice(),
+    default=SUM_EOOT_LOG1P,
     help="Pileup_sumEOOT transform; log reproduces the original (rows with 0 dropped, counted).",
 )
 @branch_map_options

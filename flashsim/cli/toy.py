@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-# the process names without importing the generator (keeps `flashsim --help` fast)
-_PROCESSES = ("ttbar", "wjets")
+from flashsim.options import TOY_PROCESSES, TTBAR
 
 
 def _human_bytes(n: int) -> str:
@@ -47,8 +46,8 @@ def _human_bytes(n: int) -> str:
 )
 @click.option(
     "--process",
-    type=click.Choice(_PROCESSES),
-    default="ttbar",
+    type=TOY_PROCESSES.click_choice(),
+    default=TTBAR,
     show_default=True,
     help="ttbar: t tbar with all W decays. wjets: W -> l nu + jets, tuned to the real 2015 "
     "CMS Open Data sample in shared/data (which is W+jets despite its name).",

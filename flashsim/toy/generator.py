@@ -17,6 +17,7 @@ import numpy as np
 
 from flashsim.errors import FlashSimError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
+from flashsim.options import TOY_PROCESSES, TTBAR, ToyProcess
 from flashsim.toy.physics import generate_truth
 from flashsim.toy.processes import PROCESSES, Process
 from flashsim.toy.reco import reconstruct_jets, reconstruct_muons
@@ -72,12 +73,7 @@ def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
 
 def get_process(name: str) -> Process:
     """The :class:`Process` called ``name`` (``"ttbar"`` or ``"wjets"``)."""
-    try:
-        return PROCESSES[name]
-    except KeyError:
-        raise FlashSimError(
-            f"Unknown toy process {name!r}. Choose one of {', '.join(sorted(PROCESSES))}."
-        ) from None
+    return PROCESSES[TOY_PROCESSES.normalize(name)]
 
 
 def _typed(name: str, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -91,7 +87,7 @@ def _typed(name: str, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def generate_block(seed: int, block: int, process: str = "ttbar") -> EventChunk:
+def generate_block(seed: int, block: int, process: ToyProcess = TTBAR) -> EventChunk:
     """Events ``[block * BLOCK_EVENTS, (block + 1) * BLOCK_EVENTS)`` of the run ``seed``."""
     proc = get_process(process)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
@@ -148,7 +144,7 @@ def iter_toy_chunks(
     *,
     seed: int = 0,
     chunk_events: int = 50_000,
-    process: str = "ttbar",
+    process: ToyProcess = TTBAR,
     workers: int | None = None,
 ) -> Iterator[EventChunk]:
     """Yield the ``n_events`` events of run ``seed`` in chunks of ``chunk_events``

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashsim.options import TTBAR
 from flashsim.toy.genpart import (
     FLAGS_HADRON,
     FLAGS_HADRON_DECAY_PRODUCT,
@@ -445,7 +446,7 @@ def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
     """Generator-level truth of ``n`` events of process ``proc`` (see module docstring)."""
     pu = pileup(rng, n, proc.pileup_mean)
     rad = _radiation(rng, n, proc)
-    hard = _ttbar(rng, n, rad) if proc.name == "ttbar" else _wjets(rng, n, rad)
+    hard = _ttbar(rng, n, rad) if proc.name == TTBAR else _wjets(rng, n, rad)
     builder = hard.builder
 
     # prompt leptons from W: taus decay, electrons and muons are final

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flashsim.options import TTBAR, WJETS, ToyProcess
+
 
 @dataclass(frozen=True)
 class Process:
@@ -23,9 +25,9 @@ class Process:
     radiation_pt_min: float = 6.0
 
 
-PROCESSES: dict[str, Process] = {
-    "ttbar": Process(
-        name="ttbar",
+PROCESSES: dict[ToyProcess, Process] = {
+    TTBAR: Process(
+        name=TTBAR,
         description="t tbar -> b W b W, all W decays, ISR/FSR; Run-2-like pileup (mean 28)",
         radiation_mean=3.0,
         radiation_pt_scale=22.0,
@@ -33,8 +35,8 @@ PROCESSES: dict[str, Process] = {
         radiation_flavours=(0.66, 0.10, 0.12, 0.06, 0.04, 0.02),
         pileup_mean=28.0,
     ),
-    "wjets": Process(
-        name="wjets",
+    WJETS: Process(
+        name=WJETS,
         description=(
             "W -> l nu + jets, tuned to the real 2015 CMS Open Data sample in shared/data "
             "(which is W+jets despite its name); 2015-like pileup (mean 12)"

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from flashsim.errors import FlashSimError
 from flashsim.events import COLLECTIONS
+from flashsim.options import TTBAR, ToyProcess
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.toy.generator import get_process, iter_toy_chunks
 
@@ -21,7 +22,7 @@ def generate_toy(
     *,
     seed: int = 0,
     chunk_events: int = 50_000,
-    process: str = "ttbar",
+    process: ToyProcess = TTBAR,
     compression: str = DEFAULT_COMPRESSION,
     workers: int | None = None,
     overwrite: bool = False,

@@ -1,0 +1,114 @@
+"""Shared test plumbing: where the real NanoAOD samples are, a fixture that skips tests
+needing them when they are absent, and test-only helpers that cut small ROOT inputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from flashsim.layouts import layout_for
+from flashsim.options import FINAL_STATE
+from pipelines.branches import materialize, resolve_branches
+from pipelines.features import FEATURES
+from pipelines.nanoaod import (
+    EVENTS,
+    _by_canonical,
+    _cached_events,
+    _key_map,
+    inspect_nanoaod,
+    iterate_steps,
+)
+from pipelines.tasks import DEFAULT_STEP_EVENTS
+
+SHARED_DATA = Path(
+    os.environ.get("FLASHSIM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+"""The real samples (read-only, never copied into the repo): ``../shared/data`` beside the
+checkout, or ``$FLASHSIM_SHARED_DATA``."""
+TTBAR = SHARED_DATA / "nanoAOD_2015_CMS_Open_Data_ttbar.root"  # W+jets despite its name
+DY = SHARED_DATA / "nano_dy.root"
+REAL_SAMPLES = (TTBAR, DY)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The directory of the real samples; skips the test (with the reason) when absent."""
+    missing = [p.name for p in REAL_SAMPLES if not p.is_file()]
+    if missing:
+        pytest.skip(
+            f"real NanoAOD samples absent from {SHARED_DATA} ({', '.join(missing)}); "
+            "set FLASHSIM_SHARED_DATA to their directory to run this test"
+        )
+    return SHARED_DATA
+
+
+def read_events(path: str | os.PathLike, branches: Sequence[str] | None = None) -> ak.Array:
+    """All events of ``path`` (optionally only ``branches``) as one awkward record array
+    with canonical field names (small files only: prep itself reads in steps)."""
+    events = _cached_events(Path(path))
+    keys = _key_map(events)
+    names = list(branches) if branches is not None else [k for k in keys if k == keys[k]]
+    arrays = events.arrays([keys[n] for n in names], library="ak")
+    return ak.zip(_by_canonical(arrays, keys, names), depth_limit=1)
+
+
+def write_events(path: str | os.PathLike, events: ak.Array | dict, rntuple: bool = False) -> Path:
+    """Write NanoAOD-style ``Events`` with branches named ``Collection_field`` (test inputs).
+
+    ``events`` maps branch names (``Jet_pt``, ``Pileup_nPU``) to arrays, jagged for
+    per-object branches. Branches sharing a ``Collection_`` prefix must share their
+    jagged structure; they are written as one collection: a TTree with flat branches
+    and an ``nCollection`` counter, as NanoAOD does, or (``rntuple=True``) an RNTuple
+    whose collections have subfields (``Jet.pt``), uproot's RNTuple layout.
+    """
+    import uproot
+
+    fields = events.fields if isinstance(events, ak.Array) else list(events)
+    prefixes = {f.split("_", 1)[0] for f in fields if "_" in f}
+    flat, collections = {}, {}
+    for name in fields:
+        arr = ak.Array(events[name])
+        if arr.ndim > 1 and "_" in name:
+            prefix, sub = name.split("_", 1)
+            collections.setdefault(prefix, {})[sub] = arr
+        elif not (name.startswith("n") and name[1:] in prefixes):
+            flat[name] = arr  # counters (nJet) are rewritten by uproot
+    tree = {prefix: ak.zip(subs, depth_limit=2) for prefix, subs in collections.items()}
+    tree.update(flat)
+    out = Path(path)
+    with uproot.recreate(out) as f:
+        if rntuple:
+            f.mkrntuple(EVENTS, ak.zip(tree, depth_limit=1))
+        else:  # since uproot 5.7, `f[name] = data` writes an RNTuple; mktree writes a TTree
+            f.mktree(EVENTS, tree)
+    return out
+
+
+def raw_feature_rows(
+    path: str | os.PathLike,
+    obj: str,
+    *,
+    gen_muons: str = FINAL_STATE,
+    branch_map: Mapping[str, str | float] | None = None,
+    entry_stop: int | None = None,
+) -> np.ndarray:
+    """Raw (unpreprocessed) rows of ``obj`` in one NanoAOD file, ``(n, 31|52)`` float32.
+
+    The rows prep would write before dropping non-finite values and preprocessing,
+    in file order; built-in substitutes apply as in prep.
+    """
+    info = inspect_nanoaod(path)
+    stop = info.n_events if entry_stop is None else min(entry_stop, info.n_events)
+    plan = resolve_branches(
+        info.branches, (obj,), gen_muons=gen_muons, branch_map=branch_map, path=str(path)
+    )
+    blocks = [
+        FEATURES[obj](materialize(arrays, plan, n_events), gen_muons)
+        for _, n_events, arrays in iterate_steps(path, plan.reads, 0, stop, DEFAULT_STEP_EVENTS)
+    ]
+    return np.concatenate(blocks) if blocks else np.empty((0, layout_for(obj).n_columns), "f4")
