@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from flashsim import __version__
 from flashsim.errors import FlashSimError, InputError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
+from flashsim.kinematics import MUON_MASS, wrap_phi
 from flashsim.layouts import Layout
 from flashsim.options import FINAL_STATE
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
@@ -60,7 +61,7 @@ from pipelines.branches import (
     materialize,
     resolve_branches,
 )
-from pipelines.features import GEN_CONDITIONING, charge_from_pdg_id, wrap_phi
+from pipelines.features import GEN_CONDITIONING, charge_from_pdg_id
 from pipelines.inputs import expand_inputs
 from pipelines.nanoaod import close_cached, inspect_nanoaod, iterate_steps
 from pipelines.tasks import DEFAULT_STEP_EVENTS
@@ -68,7 +69,6 @@ from pipelines.tasks import DEFAULT_STEP_EVENTS
 OBJECTS = ("jets", "muons")
 COLLECTION_OF = {"jets": "Jet", "muons": "Muon"}
 """Output collection of each object."""
-MUON_MASS = 0.1056583755
 """GeV (PDG 2024)."""
 ID_BRANCHES = ("run", "luminosityBlock", "event")
 _GENPART_FIELDS = ("pt", "eta", "phi", "pdgId", "status", "statusFlags")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
+from flashsim.kinematics import wrap_phi
 from flashsim.layouts import DTYPE, JETS, MUONS
 from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 from pipelines.branches import (
@@ -48,15 +49,7 @@ DEFAULT_VALUE = 0.0
 """pt (and mass) of a missing neighbour."""
 N_STATUS_BITS = 15
 
-_TWO_PI = 2.0 * np.pi
 _LEPTONS = (11, 13, 15)
-
-
-def wrap_phi(dphi):
-    """Wrap angles (radians, numpy or awkward) to [-π, π)."""
-    wrapped = dphi - _TWO_PI * np.floor((dphi + np.pi) / _TWO_PI)
-    # floor() can leave exactly +π after rounding; move it to -π
-    return wrapped - _TWO_PI * (wrapped >= np.pi)
 
 
 def _jagged(arr) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import pytest
 import uproot
 from conftest import DY, TTBAR, raw_feature_rows
 
+from flashsim.kinematics import wrap_phi
 from flashsim.layouts import JETS, MUONS
 from pipelines.branches import (
     GENJET_VALUE_BRANCHES,
@@ -22,7 +23,7 @@ from pipelines.branches import (
     required_branches,
     resolve_branches,
 )
-from pipelines.features import charge_from_pdg_id, jet_features, muon_features, wrap_phi
+from pipelines.features import charge_from_pdg_id, jet_features, muon_features
 
 # --------------------------------------------------------------------------- reference
 

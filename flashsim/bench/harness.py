@@ -22,7 +22,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import statistics
 import time
@@ -262,15 +261,3 @@ def summarize(values: Sequence[float | None]) -> dict | None:
         "spread": (hi - lo) / 2 / med if med else 0.0,
         "values": vals,
     }
-
-
-@contextlib.contextmanager
-def torch_seed(seed: int):
-    """Seed torch's global generator inside the block and restore it afterwards, so every
-    loader's model starts from the same weights without disturbing the caller."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(state)

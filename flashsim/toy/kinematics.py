@@ -12,27 +12,6 @@ import numpy as np
 FourVector = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def wrap_phi(phi: np.ndarray) -> np.ndarray:
-    """Wrap angles to [-pi, pi)."""
-    return (phi + np.pi) % (2.0 * np.pi) - np.pi
-
-
-def delta_r(eta1: np.ndarray, phi1: np.ndarray, eta2: np.ndarray, phi2: np.ndarray) -> np.ndarray:
-    """Distance in (eta, phi); broadcasts like numpy."""
-    return np.hypot(eta1 - eta2, wrap_phi(phi1 - phi2))
-
-
-def from_pt_eta_phi_m(
-    pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, m: np.ndarray
-) -> FourVector:
-    """(pt, eta, phi, mass) -> (px, py, pz, E)."""
-    px = pt * np.cos(phi)
-    py = pt * np.sin(phi)
-    pz = pt * np.sinh(eta)
-    e = np.sqrt(px * px + py * py + pz * pz + m * m)
-    return px, py, pz, e
-
-
 def from_mt_y_phi(mass: np.ndarray, pt: np.ndarray, y: np.ndarray, phi: np.ndarray) -> FourVector:
     """Four-vector of a system of given mass, transverse momentum and rapidity ``y``."""
     mt = np.sqrt(mass * mass + pt * pt)

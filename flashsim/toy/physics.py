@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashsim.kinematics import MUON_MASS, wrap_phi
 from flashsim.options import TTBAR
 from flashsim.toy.genpart import (
     FLAGS_HADRON,
@@ -53,14 +54,15 @@ from flashsim.toy.kinematics import (
     from_mt_y_phi,
     to_pt_eta_phi_m,
     two_body_decay,
-    wrap_phi,
 )
 from flashsim.toy.processes import Process
 
 # --- constants -------------------------------------------------------------------------
 M_TOP, W_TOP = 172.5, 1.4
 M_W, W_W = 80.4, 2.1
-M_B, M_C, M_TAU, M_MU, M_E = 4.8, 1.5, 1.777, 0.10566, 0.000511
+M_B, M_C, M_TAU, M_E = 4.8, 1.5, 1.777, 0.000511
+# 5 digits: the precision the toy was tuned (and its outputs fixed) with
+M_MU = round(MUON_MASS, 5)
 GENJET_PT_MIN = 10.0  # NanoAOD stores GenJets above 10 GeV
 
 # kinds of truth jets (what made the GenJet); reco uses them for flavour-dependent response

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flashsim.kinematics import wrap_phi
 from flashsim.toy.genpart import sort_within_events
-from flashsim.toy.kinematics import wrap_phi
 from flashsim.toy.physics import (
     KIND_B,
     KIND_ELECTRON,
@@ -48,11 +48,6 @@ KIND_PILEUP = 7
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _logit(p):
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 # --- jets --------------------------------------------------------------------------------
