@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -564,19 +564,74 @@ def prep(
         FlashSimError: bad options, bad input (see :mod:`pipelines.inputs`), missing
             branches, or existing stores without ``overwrite``; nothing is written then.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
+    inputs, objects, formats = _as_sequences(inputs, objects, formats)
+    _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, step_events)
+    check_val_options(val_rows, val_fraction)
+    user_map = normalize_branch_map(branch_map)
+    plan = _plan(inputs, Path(out_dir), objects, formats, gen_muons, sum_eoot, user_map, strict)
+    _check_targets(plan.targets, overwrite)
+    _warn_substitutions(plan.substitutions)
+    plan.preprocessing, plan.pre_origin = _preprocessings(plan, sum_eoot)
+    options = _recorded_options(gen_muons, sum_eoot, strict, user_map, step_events)
+
+    with _spool(Path(out_dir)) as spool:
+        pre = plan.preprocessing
+        tasks = _tasks(plan.inputs, step_events, spool, seed, gen_muons, pre, workers)
+        results, read_seconds = _read(plan, tasks, workers, dask_scheduler, progress)
+        sha = {r.file_index: r.sha256 for r in results if r.sha256 is not None}
+        inputs_meta = [inp.to_dict(sha.get(inp.index)) for inp in plan.inputs]
+        val_options = (seed, val_rows, val_fraction)
+        summaries, blocks, splits, metadata = _split(
+            plan, results, inputs_meta, options, val_options
+        )
+        t_write = time.perf_counter()
+        _write(plan.targets, spool, blocks, splits, metadata, chunk_rows, progress, overwrite)
+        write_seconds = time.perf_counter() - t_write
+
+    for (obj, fmt), final in plan.targets.items():
+        summaries[obj].stores.append((fmt, final, _store_bytes(final)))
+    seconds = (time.perf_counter() - t0, read_seconds, write_seconds)
+    return PrepSummary(
+        summaries, inputs_meta, plan.substitutions, plan.source_format,
+        sum(r.events for r in results), *seconds
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# prep's stages
+# ---------------------------------------------------------------------------
+
+
+def _as_sequences(inputs, objects, formats) -> tuple[list, tuple[str, ...] | None, tuple]:
+    """One path or many; one object or many (None: the default); formats deduplicated."""
     if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of characters
         inputs = [inputs]
     objects = (objects,) if isinstance(objects, str) else objects
     objects = tuple(objects) if objects else None
     formats = (formats,) if isinstance(formats, str) else formats
-    formats = tuple(dict.fromkeys(formats))
-    _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, step_events)
-    check_val_options(val_rows, val_fraction)
-    user_map = normalize_branch_map(branch_map)
+    return inputs, objects, tuple(dict.fromkeys(formats))
 
+
+@dataclass
+class _Plan:
+    """What prep will read and write, settled before any work."""
+
+    kind: str  # "root" or "hdf5"
+    inputs: list[_Input]
+    objects: tuple[str, ...]
+    targets: dict[tuple[str, str], Path]  # (object, format) -> final store path
+    substitutions: list[dict]
+    preprocessing: dict[str, Preprocessing] = field(default_factory=dict)
+    pre_origin: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source_format(self) -> str:
+        return "nanoaod" if self.kind == "root" else "hdf5"
+
+
+def _plan(inputs, out, objects, formats, gen_muons, sum_eoot, user_map, strict) -> _Plan:
+    """Expand and inspect the inputs, resolve their branches and name the target stores."""
     files = expand_inputs(inputs)
     kind = single_kind(files)
     if kind == "root":
@@ -585,110 +640,41 @@ def prep(
     else:
         inputs_ = _inspect_hdf5(files, objects)
         objects = tuple(o for o in OBJECTS if any(inp.objects == (o,) for inp in inputs_))
-    source_format = "nanoaod" if kind == "root" else "hdf5"
-
-    out = Path(out_dir)
     targets = {(o, f): store_path(out, o, f) for o in objects for f in formats}
-    _check_targets(targets, overwrite)
+    return _Plan(kind, inputs_, objects, targets, _substitutions(inputs_))
 
-    substitutions = _substitutions(inputs_)
+
+def _warn_substitutions(substitutions: Iterable[dict]) -> None:
+    """One warning per substituted branch: built-in substitutes and the user's map."""
     for sub in substitutions:
         files = ", ".join(Path(f).name for f in sub["files"][:3])
         files += ", ..." if len(sub["files"]) > 3 else ""
         if sub["origin"] == "builtin":
-            log.warning(
-                "%s is not in %d input file(s) (%s); using %s.",
-                sub["branch"],
-                len(sub["files"]),
-                files,
-                sub["substitute"],
-            )
+            template = "%s is not in %d input file(s) (%s); using %s."
         else:
-            log.warning(
-                "%s in %d input file(s) (%s): using %s, as mapped.",
-                sub["branch"],
-                len(sub["files"]),
-                files,
-                sub["substitute"],
-            )
-    if kind == "root":
-        constants = _constant_targets(substitutions)
-        preprocessing = {o: preprocessing_for(o, sum_eoot, constants) for o in objects}
-        pre_origin = dict.fromkeys(objects, "flashsim.transforms")
-    else:
-        pairs = {o: _hdf5_preprocessing(o, inputs_) for o in objects}
-        preprocessing = {o: p for o, (p, _) in pairs.items()}
-        pre_origin = {o: origin for o, (_, origin) in pairs.items()}
+            template = "%s in %d input file(s) (%s): using %s, as mapped."
+        log.warning(template, sub["branch"], len(sub["files"]), files, sub["substitute"])
 
+
+def _preprocessings(plan: _Plan, sum_eoot: str) -> tuple[dict, dict]:
+    """Each object's preprocessing and where it comes from (flashsim's, or HDF5 metadata)."""
+    if plan.kind == "root":
+        constants = _constant_targets(plan.substitutions)
+        pre = {o: preprocessing_for(o, sum_eoot, constants) for o in plan.objects}
+        return pre, dict.fromkeys(plan.objects, "flashsim.transforms")
+    pairs = {o: _hdf5_preprocessing(o, plan.inputs) for o in plan.objects}
+    return {o: p for o, (p, _) in pairs.items()}, {o: origin for o, (_, origin) in pairs.items()}
+
+
+@contextlib.contextmanager
+def _spool(out: Path) -> Iterator[Path]:
+    """A temporary directory inside ``out`` (created if needed), removed afterwards; on
+    failure ``out`` is removed too if this call created it and it is still empty."""
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=".flashsim-prep-", dir=out))
     try:
-        t_read = time.perf_counter()
-        tasks = _tasks(inputs_, step_events, spool, seed, gen_muons, preprocessing, workers)
-        unit = "ev" if kind == "root" else "row"
-        with tqdm(
-            total=sum(inp.n for inp in inputs_),
-            unit=unit,
-            unit_scale=True,
-            desc="read",
-            disable=not progress,
-        ) as bar:
-            results = _execute(tasks, workers, dask_scheduler, bar.update)
-        read_seconds = time.perf_counter() - t_read
-
-        sha = {r.file_index: r.sha256 for r in results if r.sha256 is not None}
-        inputs_meta = [inp.to_dict(sha.get(inp.index)) for inp in inputs_]
-        options = {
-            "gen_muons": gen_muons,
-            "sum_eoot": sum_eoot,
-            "strict": strict,
-            "branch_map": user_map,
-            "step_events": step_events,
-            "muon_charge": "physical: pdgId +13 (mu-) -> -1",
-            "second_closest_muon": "true second-closest within dR < 0.4",
-        }
-        summaries, blocks, splits, metadata = {}, {}, {}, {}
-        for obj in objects:
-            blocks[obj] = [b for r in results for b in r.blocks.get(obj, [])]
-            summaries[obj], splits[obj], rule = _collect(
-                obj, results, blocks[obj], seed, val_rows, val_fraction
-            )
-            needed = set(required_branches(obj, gen_muons))
-            metadata[obj] = {
-                "object": obj,
-                "layout": layout_for(obj).to_dict(),
-                "preprocessing": preprocessing[obj].to_dict(),
-                "preprocessing_origin": pre_origin[obj],
-                "seed": seed,
-                "matched": summaries[obj].matched,
-                "dropped": {
-                    "rows": summaries[obj].dropped_rows,
-                    **{reason: c.to_dict() for reason, c in summaries[obj].dropped.items()},
-                },
-                "inputs": [
-                    m for m, inp in zip(inputs_meta, inputs_, strict=True) if obj in inp.objects
-                ],
-                "substitutions": [s for s in substitutions if s["branch"] in needed],
-                "options": {**options, "val_rule": rule, "val_rows": splits[obj].n_val},
-                "source_format": source_format,
-                "tool_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-
-        t_write = time.perf_counter()
-        staging = spool / "stores"
-        staging.mkdir()
-        with tqdm(
-            total=sum(sum(s.rows.values()) for s in summaries.values()),
-            unit="row",
-            unit_scale=True,
-            desc="write",
-            disable=not progress,
-        ) as bar:
-            _write_stores(targets, staging, blocks, splits, metadata, chunk_rows, bar)
-        _publish(targets, staging, overwrite)
-        write_seconds = time.perf_counter() - t_write
+        yield spool
     except BaseException:
         shutil.rmtree(spool, ignore_errors=True)
         if created_out:
@@ -697,15 +683,89 @@ def prep(
         raise
     shutil.rmtree(spool, ignore_errors=True)
 
-    for (obj, fmt), final in targets.items():
-        summaries[obj].stores.append((fmt, final, _store_bytes(final)))
-    return PrepSummary(
-        objects=summaries,
-        inputs=inputs_meta,
-        substitutions=substitutions,
-        source_format=source_format,
-        events=sum(r.events for r in results),
-        seconds=time.perf_counter() - t0,
-        read_seconds=read_seconds,
-        write_seconds=write_seconds,
-    )
+
+def _read(plan: _Plan, tasks, workers, dask_scheduler, progress) -> tuple[list[TaskResult], float]:
+    """Run every task (with a progress bar of events or rows); results and seconds."""
+    from tqdm.auto import tqdm
+
+    t_read = time.perf_counter()
+    with tqdm(
+        total=sum(inp.n for inp in plan.inputs),
+        unit="ev" if plan.kind == "root" else "row",
+        unit_scale=True,
+        desc="read",
+        disable=not progress,
+    ) as bar:
+        results = _execute(tasks, workers, dask_scheduler, bar.update)
+    return results, time.perf_counter() - t_read
+
+
+def _metadata(plan, obj, summary, inputs_meta, options, seed, gen_muons) -> dict:
+    """The metadata of ``obj``'s stores (see :func:`flashsim.store.read_metadata`)."""
+    needed = set(required_branches(obj, gen_muons))
+    return {
+        "object": obj,
+        "layout": layout_for(obj).to_dict(),
+        "preprocessing": plan.preprocessing[obj].to_dict(),
+        "preprocessing_origin": plan.pre_origin[obj],
+        "seed": seed,
+        "matched": summary.matched,
+        "dropped": {
+            "rows": summary.dropped_rows,
+            **{reason: c.to_dict() for reason, c in summary.dropped.items()},
+        },
+        "inputs": [
+            m for m, inp in zip(inputs_meta, plan.inputs, strict=True) if obj in inp.objects
+        ],
+        "substitutions": [s for s in plan.substitutions if s["branch"] in needed],
+        "options": options,
+        "source_format": plan.source_format,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write(targets, spool, blocks, splits, metadata, chunk_rows, progress, overwrite) -> None:
+    """Stage every store in ``spool``, then move them all to their final names."""
+    from tqdm.auto import tqdm
+
+    staging = spool / "stores"
+    staging.mkdir()
+    with tqdm(
+        total=sum(b.rows for obj_blocks in blocks.values() for b in obj_blocks),
+        unit="row",
+        unit_scale=True,
+        desc="write",
+        disable=not progress,
+    ) as bar:
+        _write_stores(targets, staging, blocks, splits, metadata, chunk_rows, bar)
+    _publish(targets, staging, overwrite)
+
+
+def _split(plan: _Plan, results, inputs_meta, options, val_options) -> tuple[dict, ...]:
+    """Per object: its summary, row blocks, seeded train/val split and store metadata."""
+    seed, val_rows, val_fraction = val_options
+    summaries, blocks, splits, metadata = {}, {}, {}, {}
+    for obj in plan.objects:
+        blocks[obj] = [b for r in results for b in r.blocks.get(obj, [])]
+        summaries[obj], splits[obj], rule = _collect(
+            obj, results, blocks[obj], seed, val_rows, val_fraction
+        )
+        val = {"val_rule": rule, "val_rows": splits[obj].n_val}
+        metadata[obj] = _metadata(
+            plan, obj, summaries[obj], inputs_meta, {**options, **val}, seed, options["gen_muons"]
+        )
+    return summaries, blocks, splits, metadata
+
+
+def _recorded_options(gen_muons, sum_eoot, strict, user_map, step_events) -> dict:
+    """The options a store's metadata records (with the conventions they imply)."""
+    return {
+        "gen_muons": gen_muons,
+        "sum_eoot": sum_eoot,
+        "strict": strict,
+        "branch_map": user_map,
+        "step_events": step_events,
+        "muon_charge": "physical: pdgId +13 (mu-) -> -1",
+        "second_closest_muon": "true second-closest within dR < 0.4",
+    }
