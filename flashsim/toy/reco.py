@@ -156,8 +156,9 @@ def _categorical(rng, classes: np.ndarray, values: np.ndarray, probs: np.ndarray
     return values[(u[:, None] >= cdf[classes, :-1]).sum(axis=1)]
 
 
-def reconstruct_jets(rng: np.random.Generator, truth: Truth):
-    """``Jet`` collection: (fields dict sorted by decreasing pT per event, counts)."""
+def _measured_jets(rng: np.random.Generator, truth: Truth):
+    """Truth and pileup jets measured (pT, eta, phi) and selected: ``(src, take, counts,
+    pt, eta, phi)``, ``take`` the kept entries of ``src`` in output order."""
     pu = _pileup_jets(rng, truth)
     src = {k: np.concatenate([truth.jets[k], pu[k]]) for k in pu}
     n_all = len(src["ev"])
@@ -186,19 +187,16 @@ def reconstruct_jets(rng: np.random.Generator, truth: Truth):
     idx = np.nonzero(ok)[0]
     perm, counts, _ = sort_within_events(src["ev"][idx], -pt_all[idx], truth.n_events)
     take = idx[perm]  # the kept jets, in output order
-
-    pt, eta, kind, gpt = pt_all[take], eta_all[take], kind[take], gpt[take]
     phi = wrap_phi(src["phi"][take] + rng.normal(0, 1, len(take)) * ang[take])
-    is_lep, hflav, n = is_lep[take], src["hadron_flavour"][take], len(take)
-    is_pu = kind == KIND_PILEUP
-    is_tau = kind == KIND_TAU_H
-    aeta = np.abs(eta)
-    no_tracks = (aeta > TRACKER_ETA) | (rng.random(n) < 0.01)
-    z = rng.normal(0, 1, (2, n))
-    mass = np.abs(
-        src["mass"][take] * (1.0 + 0.15 * z[0]) + np.where(is_lep, 0.3 * z[1], 0.6 + 0.8 * z[1])
-    )
+    return src, take, counts, pt_all[take], eta_all[take], phi
 
+
+def _constituents_and_ids(rng, kind, pt, aeta, no_tracks) -> tuple[np.ndarray, ...]:
+    """nConstituents, qgl, puId and jetId of jets of truth ``kind``: ``(n_const, qgl,
+    pu_id, jet_id)``."""
+    n = len(pt)
+    is_lep = (kind == KIND_MUON) | (kind == KIND_ELECTRON)
+    is_pu, is_tau = kind == KIND_PILEUP, kind == KIND_TAU_H
     # constituents: more for gluon and b jets, few for lepton jets (Gaussian approximation
     # of a Poisson, 4x cheaper to draw)
     log_pt = np.log(pt)
@@ -225,6 +223,22 @@ def reconstruct_jets(rng: np.random.Generator, truth: Truth):
         _HARD,
     )
     jet_id = _categorical(rng, id_class, _JET_ID_VALUES, _JET_ID_PROBS)
+    return n_const, qgl, pu_id, jet_id
+
+
+def reconstruct_jets(rng: np.random.Generator, truth: Truth):
+    """``Jet`` collection: (fields dict sorted by decreasing pT per event, counts)."""
+    src, take, counts, pt, eta, phi = _measured_jets(rng, truth)
+    kind, gpt, hflav, n = src["kind"][take], src["pt"][take], src["hadron_flavour"][take], len(take)
+    is_lep = (kind == KIND_MUON) | (kind == KIND_ELECTRON)
+    is_pu, is_tau = kind == KIND_PILEUP, kind == KIND_TAU_H
+    aeta = np.abs(eta)
+    no_tracks = (aeta > TRACKER_ETA) | (rng.random(n) < 0.01)
+    z = rng.normal(0, 1, (2, n))
+    mass = np.abs(
+        src["mass"][take] * (1.0 + 0.15 * z[0]) + np.where(is_lep, 0.3 * z[1], 0.6 + 0.8 * z[1])
+    )
+    n_const, qgl, pu_id, jet_id = _constituents_and_ids(rng, kind, pt, aeta, no_tracks)
 
     # muon energy fraction: the muon inside (a prompt muon jet, or a semileptonic b/c decay)
     mu_pt = src["mu_pt"][take]
@@ -282,8 +296,9 @@ def _fake_muons(rng, truth: Truth) -> dict[str, np.ndarray]:
     }
 
 
-def reconstruct_muons(rng: np.random.Generator, truth: Truth):
-    """``Muon`` collection: (fields dict sorted by decreasing pT per event, counts)."""
+def _muon_candidates(rng: np.random.Generator, truth: Truth) -> dict[str, np.ndarray]:
+    """Reconstructed gen muons (efficiency, acceptance) and fakes, with measured pT, eta,
+    phi above threshold: one entry per muon, the source fields plus ``pt_reco``, ..."""
     gm = {k: v for k, v in truth.muons.items() if k != "jet"}
     eff = (
         0.93
@@ -295,30 +310,31 @@ def reconstruct_muons(rng: np.random.Generator, truth: Truth):
     fake = _fake_muons(rng, truth)
     src = {k: np.concatenate([src[k], fake[k]]) for k in fake}
     n = len(src["ev"])
-    origin = src["origin"]
-    is_fake = origin < 0
-    prompt = (origin == ORIGIN_W) | (origin == ORIGIN_TAU)
+    src["is_fake"] = src["origin"] < 0
+    src["prompt"] = (src["origin"] == ORIGIN_W) | (src["origin"] == ORIGIN_TAU)
     gpt, geta = src["pt"], src["eta"]
-    aeta = np.abs(geta)
-    npu = truth.pileup["Pileup_nPU"][src["ev"]]
+    src["aeta"] = np.abs(geta)
+    src["npu"] = truth.pileup["Pileup_nPU"][src["ev"]]
 
     # momentum: 1-2 % resolution (worse in the endcaps, at high pT), 3 % tails
-    sigma = (0.011 + 0.00015 * gpt) * np.where(aeta > 1.2, 1.7, 1.0)
+    sigma = (0.011 + 0.00015 * gpt) * np.where(src["aeta"] > 1.2, 1.7, 1.0)
     xi = rng.normal(0, 1, n) * np.where(rng.random(n) < 0.03, 4.0, 1.0)
-    pt = np.maximum(gpt * (1.0 + sigma * xi), 0.5)
-    eta = geta + rng.normal(0, 0.0008, n)
-    phi = wrap_phi(src["phi"] + rng.normal(0, 0.0008, n))
-    sel = pt > MUON_PT_MIN
-    src = {k: v[sel] for k, v in src.items()}
-    pt, eta, phi, sigma = pt[sel], eta[sel], phi[sel], sigma[sel]
-    origin, is_fake, prompt, npu, aeta = origin[sel], is_fake[sel], prompt[sel], npu[sel], aeta[sel]
-    n = len(pt)
+    src["pt_reco"] = np.maximum(gpt * (1.0 + sigma * xi), 0.5)
+    src["eta_reco"] = geta + rng.normal(0, 0.0008, n)
+    src["phi_reco"] = wrap_phi(src["phi"] + rng.normal(0, 0.0008, n))
+    src["sigma"] = sigma
+    sel = src["pt_reco"] > MUON_PT_MIN
+    return {k: v[sel] for k, v in src.items()}
 
-    # impact parameters (cm): true displacement by origin, measured with pT-dependent errors
+
+def _impact_parameters(rng: np.random.Generator, mu: dict[str, np.ndarray]) -> dict:
+    """dxy, dz (cm) with their errors, ip3d and sip3d of the muon candidates ``mu``."""
+    pt, eta, aeta, n = mu["pt_reco"], mu["eta_reco"], mu["aeta"], len(mu["pt_reco"])
+    # true displacement by origin, measured with pT-dependent errors
     scale = np.zeros(n)
     for o, s in _DISPLACEMENT_CM.items():  # a few origin classes, not a loop over muons
-        scale[origin == o] = s
-    scale[is_fake] = 0.05
+        scale[mu["origin"] == o] = s
+    scale[mu["is_fake"]] = 0.05
     dxy_err = (0.0008 + 0.012 / pt) * (1.0 + 0.4 * aeta) * rng.lognormal(0, 0.2, n)
     dz_err = 2.5 * dxy_err * rng.lognormal(0, 0.2, n)
     # (transverse pulls of prompt tracks are narrower than the quoted error, as in data)
@@ -330,9 +346,14 @@ def reconstruct_muons(rng: np.random.Generator, truth: Truth):
     sin_theta = 1.0 / np.cosh(eta)
     ip3d = np.hypot(dxy, dz * sin_theta)
     sip3d = ip3d / np.hypot(dxy_err, dz_err * sin_theta)
+    return {"dxy": dxy, "dxyErr": dxy_err, "dz": dz, "dzErr": dz_err, "ip3d": ip3d, "sip3d": sip3d}
 
-    # isolation (relative to muon pT): prompt muons isolated, pileup adds neutral energy
-    act = src["activity"] / pt
+
+def _isolation(rng: np.random.Generator, mu: dict[str, np.ndarray]) -> dict:
+    """Isolation (relative to muon pT), jetRelIso and jetPtRelv2 of the candidates ``mu``:
+    prompt muons isolated, pileup adds neutral energy."""
+    pt, prompt, npu, n = mu["pt_reco"], mu["prompt"], mu["npu"], len(mu["pt_reco"])
+    act = mu["activity"] / pt
     chg = np.where(
         prompt & (rng.random(n) < 0.6), 0.0, rng.exponential(0.03, n)
     ) + act * rng.uniform(0.4, 0.7, n)
@@ -352,9 +373,20 @@ def reconstruct_muons(rng: np.random.Generator, truth: Truth):
     ptrel = np.where(
         prompt,
         np.where(rng.random(n) < 0.15, 0.0, rng.gamma(1.5, 8.0, n)),
-        src["ptrel"] * rng.normal(1.0, 0.2, n).clip(0.2),
+        mu["ptrel"] * rng.normal(1.0, 0.2, n).clip(0.2),
     )
+    return {
+        "jetPtRelv2": np.maximum(ptrel, 0.0),
+        "jetRelIso": jet_rel_iso,
+        "pfRelIso03_all": iso03,
+        "pfRelIso03_chg": chg,
+        "pfRelIso04_all": iso04,
+    }
 
+
+def _muon_ids(rng: np.random.Generator, mu: dict[str, np.ndarray], ip: dict) -> dict:
+    """softMva, the id flags and the charge (rarely flipped) of the candidates ``mu``."""
+    pt, is_fake, prompt, n = mu["pt_reco"], mu["is_fake"], mu["prompt"], len(mu["pt_reco"])
     quality = np.select(
         [is_fake, ~prompt],
         [rng.normal(-0.5, 0.6, n), rng.normal(0.6, 0.6, n)],
@@ -367,28 +399,12 @@ def reconstruct_muons(rng: np.random.Generator, truth: Truth):
     is_pf = (rng.random(n) < 0.97) & (is_global | is_tracker)
     p_medium = np.select([is_fake, ~prompt], [0.3, 0.9], 0.97)
     medium = is_pf & (rng.random(n) < p_medium)
+    dxy, dz = ip["dxy"], ip["dz"]
     soft = is_tracker & (np.abs(dxy) < 0.3) & (np.abs(dz) < 20.0) & (rng.random(n) < 0.97)
-    charge = -np.sign(src["pdg"]).astype(np.int64)  # pdgId +13 is mu-
+    charge = -np.sign(mu["pdg"]).astype(np.int64)  # pdgId +13 is mu-
     flip = rng.random(n) < 0.0005
     charge[flip] = -charge[flip]
-
-    fields = {
-        "pt": pt,
-        "eta": eta,
-        "phi": phi,
-        "mass": np.full(n, M_MU),
-        "dxy": dxy,
-        "dxyErr": dxy_err,
-        "dz": dz,
-        "dzErr": dz_err,
-        "ip3d": ip3d,
-        "sip3d": sip3d,
-        "jetPtRelv2": np.maximum(ptrel, 0.0),
-        "jetRelIso": jet_rel_iso,
-        "pfRelIso03_all": iso03,
-        "pfRelIso03_chg": chg,
-        "pfRelIso04_all": iso04,
-        "ptErr": pt * sigma * rng.lognormal(0, 0.25, n),
+    return {
         "softMva": soft_mva,
         "charge": charge,
         "isGlobal": is_global,
@@ -397,7 +413,26 @@ def reconstruct_muons(rng: np.random.Generator, truth: Truth):
         "mediumId": medium,
         "softId": soft,
         "softMvaId": soft & (soft_mva > 0.58),
-        "genPartIdx": src["genpart_idx"],
     }
-    perm, counts, _ = sort_within_events(src["ev"], -pt, truth.n_events)
+
+
+def reconstruct_muons(rng: np.random.Generator, truth: Truth):
+    """``Muon`` collection: (fields dict sorted by decreasing pT per event, counts)."""
+    mu = _muon_candidates(rng, truth)
+    pt, n = mu["pt_reco"], len(mu["pt_reco"])
+    ip = _impact_parameters(rng, mu)
+    iso = _isolation(rng, mu)
+    ids = _muon_ids(rng, mu, ip)
+    fields = {
+        "pt": pt,
+        "eta": mu["eta_reco"],
+        "phi": mu["phi_reco"],
+        "mass": np.full(n, M_MU),
+        **ip,
+        **iso,
+        "ptErr": pt * mu["sigma"] * rng.lognormal(0, 0.25, n),
+        **ids,
+        "genPartIdx": mu["genpart_idx"],
+    }
+    perm, counts, _ = sort_within_events(mu["ev"], -pt, truth.n_events)
     return {k: v[perm] for k, v in fields.items()}, counts
