@@ -215,7 +215,8 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
     parts_q, parts_l = [], []
     for k in range(2):  # the two daughters of every W, as two vectorized groups
         pt, eta, phi, _ = to_pt_eta_phi_m(p4s[k])
-        apdg = np.abs(pdg[k])
+        kin, pdg_k, mass_k = (pt, eta, phi), pdg[k], masses[k]
+        apdg = np.abs(pdg_k)
         is_q = apdg < 6
         is_nu = np.isin(apdg, (12, 14, 16))
         is_l = ~is_q & ~is_nu
@@ -224,14 +225,14 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
         uq = builder.add(
             ev[q],
             slot,
-            (pt[q], eta[q], phi[q], masses[k][q]),
-            pdg[k][q],
+            (pt[q], eta[q], phi[q], mass_k[q]),
+            pdg_k[q],
             23,
             FLAGS_HARD_FIRST,
             w_uid[q],
         )
         parts_q.append(
-            {"ev": ev[q], "pt": pt[q], "eta": eta[q], "phi": phi[q], "pdg": pdg[k][q], "uid": uq}
+            {"ev": ev[q], "pt": pt[q], "eta": eta[q], "phi": phi[q], "pdg": pdg_k[q], "uid": uq}
         )
         # neutrinos: a single status-1 copy
         v = np.nonzero(is_nu)[0]
@@ -239,56 +240,64 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
             ev[v],
             slot,
             (pt[v], eta[v], phi[v], 0.0),
-            pdg[k][v],
+            pdg_k[v],
             1,
             FLAGS_HARD_LEPTON_ONLY_COPY,
             w_uid[v],
         )
-        # charged leptons: half of them with a status-23 hard-process copy before FSR
         lep = np.nonzero(is_l)[0]
-        two = rng.random(len(lep)) < 0.5
-        l2, l1 = lep[two], lep[~two]
-        u23 = builder.add(
-            ev[l2],
-            slot,
-            (pt[l2], eta[l2], phi[l2], masses[k][l2]),
-            pdg[k][l2],
-            23,
-            FLAGS_HARD_LEPTON_23,
-            w_uid[l2],
-        )
-        fsr = 1.0 - np.minimum(rng.exponential(0.03, len(l2)), 0.5)  # photon radiation
-        is_tau2 = np.abs(pdg[k][l2]) == 15
-        is_tau1 = np.abs(pdg[k][l1]) == 15
-        uf2 = builder.add(
-            ev[l2],
-            slot + 1,
-            (pt[l2] * fsr, eta[l2], phi[l2], masses[k][l2]),
-            pdg[k][l2],
-            np.where(is_tau2, 2, 1),
-            FLAGS_HARD_LEPTON_FINAL | np.where(is_tau2, IS_DECAYED_LEPTON_HADRON, 0),
-            u23,
-        )
-        uf1 = builder.add(
-            ev[l1],
-            slot + 1,
-            (pt[l1], eta[l1], phi[l1], masses[k][l1]),
-            pdg[k][l1],
-            np.where(is_tau1, 2, 1),
-            FLAGS_HARD_LEPTON_ONLY_COPY | np.where(is_tau1, IS_DECAYED_LEPTON_HADRON, 0),
-            w_uid[l1],
-        )
         parts_l.append(
-            {
-                "ev": np.concatenate([ev[l2], ev[l1]]),
-                "pt": np.concatenate([pt[l2] * fsr, pt[l1]]),
-                "eta": np.concatenate([eta[l2], eta[l1]]),
-                "phi": np.concatenate([phi[l2], phi[l1]]),
-                "pdg": np.concatenate([pdg[k][l2], pdg[k][l1]]),
-                "uid": np.concatenate([uf2, uf1]),
-            }
+            _w_leptons(rng, builder, ev[lep], w_uid[lep], pdg_k[lep], kin, lep, mass_k, slot)
         )
     return _cat(parts_q), _cat(parts_l)
+
+
+def _w_leptons(rng, builder, ev, w_uid, pdg, kin, lep, mass, slot) -> dict[str, np.ndarray]:
+    """GenPart entries of the charged leptons ``lep`` of W decays (``kin``: pt, eta, phi of
+    all daughters); half of them with a status-23 hard-process copy before FSR. Returns
+    the final leptons."""
+    pt, eta, phi = (x[lep] for x in kin)
+    mass = mass[lep]
+    two = rng.random(len(lep)) < 0.5
+    l2, l1 = np.nonzero(two)[0], np.nonzero(~two)[0]
+    u23 = builder.add(
+        ev[l2],
+        slot,
+        (pt[l2], eta[l2], phi[l2], mass[l2]),
+        pdg[l2],
+        23,
+        FLAGS_HARD_LEPTON_23,
+        w_uid[l2],
+    )
+    fsr = 1.0 - np.minimum(rng.exponential(0.03, len(l2)), 0.5)  # photon radiation
+    is_tau2 = np.abs(pdg[l2]) == 15
+    is_tau1 = np.abs(pdg[l1]) == 15
+    uf2 = builder.add(
+        ev[l2],
+        slot + 1,
+        (pt[l2] * fsr, eta[l2], phi[l2], mass[l2]),
+        pdg[l2],
+        np.where(is_tau2, 2, 1),
+        FLAGS_HARD_LEPTON_FINAL | np.where(is_tau2, IS_DECAYED_LEPTON_HADRON, 0),
+        u23,
+    )
+    uf1 = builder.add(
+        ev[l1],
+        slot + 1,
+        (pt[l1], eta[l1], phi[l1], mass[l1]),
+        pdg[l1],
+        np.where(is_tau1, 2, 1),
+        FLAGS_HARD_LEPTON_ONLY_COPY | np.where(is_tau1, IS_DECAYED_LEPTON_HADRON, 0),
+        w_uid[l1],
+    )
+    return {
+        "ev": np.concatenate([ev[l2], ev[l1]]),
+        "pt": np.concatenate([pt[l2] * fsr, pt[l1]]),
+        "eta": np.concatenate([eta[l2], eta[l1]]),
+        "phi": np.concatenate([phi[l2], phi[l1]]),
+        "pdg": np.concatenate([pdg[l2], pdg[l1]]),
+        "uid": np.concatenate([uf2, uf1]),
+    }
 
 
 def _cat(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -444,36 +453,24 @@ def _heavy_flavour(rng, builder, jp):
 
 
 # --- the block --------------------------------------------------------------------------
-def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
-    """Generator-level truth of ``n`` events of process ``proc`` (see module docstring)."""
-    pu = pileup(rng, n, proc.pileup_mean)
-    rad = _radiation(rng, n, proc)
-    hard = _ttbar(rng, n, rad) if proc.name == TTBAR else _wjets(rng, n, rad)
-    builder = hard.builder
-
-    # prompt leptons from W: taus decay, electrons and muons are final
-    lep = hard.leptons
-    is_tau = np.abs(lep["pdg"]) == 15
-    taus = {k: v[is_tau] for k, v in lep.items()}
-    light_lep = {k: v[~is_tau] for k, v in lep.items()}
+def _prompt_leptons(rng, builder, leptons) -> tuple[dict, np.ndarray, dict]:
+    """Prompt leptons from W: taus decay, electrons and muons are final. Returns the final
+    light leptons (from W and tau decays), their origin and the visible hadronic taus."""
+    is_tau = np.abs(leptons["pdg"]) == 15
+    taus = {k: v[is_tau] for k, v in leptons.items()}
+    light_lep = {k: v[~is_tau] for k, v in leptons.items()}
     tau_lep, tau_h = _tau_decays(rng, builder, taus)
     all_lep = _cat([light_lep, tau_lep])
     lep_origin = np.concatenate(
         [np.full(len(light_lep["ev"]), ORIGIN_W), np.full(len(tau_lep["ev"]), ORIGIN_TAU)]
     )
+    return all_lep, lep_origin, tau_h
 
-    # jet partons: hard quarks and radiation
-    jp = _cat(
-        [
-            {k: hard.jet_partons[k] for k in ("ev", "pt", "eta", "phi", "pdg")},
-            {k: rad[k] for k in ("ev", "pt", "eta", "phi", "pdg")},
-        ]
-    )
+
+def _hadronize(rng, jp: dict, nu_loss: np.ndarray, n_hard: int) -> dict[str, np.ndarray]:
+    """Truth jets of the jet partons ``jp`` (the first ``n_hard`` from the hard process)."""
     n_jp = len(jp["ev"])
-    nu_loss, mu_inside, semilep, hf_muons = _heavy_flavour(rng, builder, jp)
     apdg = np.abs(jp["pdg"])
-
-    # hadronization of partons into truth jets
     resp = np.clip(rng.normal(0.96, 0.08, n_jp), 0.3, 1.3)
     j_pt = np.maximum(jp["pt"] * resp - nu_loss, 0.3 * jp["pt"])
     j_eta = jp["eta"] + rng.normal(0, 0.02, n_jp)
@@ -483,12 +480,22 @@ def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
     j_kind = np.select([apdg == 21, apdg == 5, apdg == 4], [KIND_GLUON, KIND_B, KIND_C], KIND_LIGHT)
     j_hflav = np.select([apdg == 5, apdg == 4], [5, 4], 0)
     # some jets have no parton ghost-matched in NanoAOD's flavour algorithm: flavour 0
-    no_parton = rng.random(n_jp) < np.where(
-        np.arange(n_jp) < len(hard.jet_partons["ev"]), 0.02, 0.12
-    )
+    no_parton = rng.random(n_jp) < np.where(np.arange(n_jp) < n_hard, 0.02, 0.12)
     j_pflav = np.where(no_parton & (j_hflav == 0), 0, jp["pdg"])
+    return {
+        "pt": j_pt,
+        "eta": j_eta,
+        "phi": j_phi,
+        "mass": j_mass,
+        "kind": j_kind,
+        "hadron_flavour": j_hflav,
+        "parton_flavour": j_pflav,
+    }
 
-    # lepton jets: prompt e / mu (from W or tau) and visible hadronic taus
+
+def _truth_jets(rng, jp, pj, all_lep, tau_h, mu_inside, semilep) -> dict[str, np.ndarray]:
+    """Every truth jet: parton jets ``pj`` (of partons ``jp``), then lepton jets (prompt
+    e / mu from W or tau), then visible hadronic taus (see :class:`Truth`)."""
     a_lep = np.abs(all_lep["pdg"])
     m_l = len(a_lep)
     # 40 % of lepton jets are the lepton alone (mass: the lepton mass, never 0, which would
@@ -500,26 +507,29 @@ def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
     theta = rng.uniform(0.05, 0.4, m_l)
     l_mass = np.where(a_lep == 13, M_MU, M_E) + theta * np.sqrt(all_lep["pt"] * extra)
     m_h = len(tau_h["ev"])
-    jets = {
+    return {
         "ev": np.concatenate([jp["ev"], all_lep["ev"], tau_h["ev"]]),
-        "pt": np.concatenate([j_pt, l_pt, tau_h["pt"] + rng.exponential(1.2, m_h)]),
-        "eta": np.concatenate([j_eta, all_lep["eta"] + rng.normal(0, 0.01, m_l), tau_h["eta"]]),
+        "pt": np.concatenate([pj["pt"], l_pt, tau_h["pt"] + rng.exponential(1.2, m_h)]),
+        "eta": np.concatenate([pj["eta"], all_lep["eta"] + rng.normal(0, 0.01, m_l), tau_h["eta"]]),
         "phi": np.concatenate(
-            [j_phi, wrap_phi(all_lep["phi"] + rng.normal(0, 0.01, m_l)), tau_h["phi"]]
+            [pj["phi"], wrap_phi(all_lep["phi"] + rng.normal(0, 0.01, m_l)), tau_h["phi"]]
         ),
-        "mass": np.concatenate([j_mass, l_mass, rng.uniform(0.14, 1.6, m_h)]),
+        "mass": np.concatenate([pj["mass"], l_mass, rng.uniform(0.14, 1.6, m_h)]),
         "kind": np.concatenate(
-            [j_kind, np.where(a_lep == 13, KIND_MUON, KIND_ELECTRON), np.full(m_h, KIND_TAU_H)]
+            [pj["kind"], np.where(a_lep == 13, KIND_MUON, KIND_ELECTRON), np.full(m_h, KIND_TAU_H)]
         ),
-        "hadron_flavour": np.concatenate([j_hflav, np.zeros(m_l + m_h, np.int64)]),
-        "parton_flavour": np.concatenate([j_pflav, np.zeros(m_l + m_h, np.int64)]),
+        "hadron_flavour": np.concatenate([pj["hadron_flavour"], np.zeros(m_l + m_h, np.int64)]),
+        "parton_flavour": np.concatenate([pj["parton_flavour"], np.zeros(m_l + m_h, np.int64)]),
         "mu_pt": np.concatenate(
             [mu_inside, np.where(a_lep == 13, all_lep["pt"], 0.0), np.zeros(m_h)]
         ),
         "semileptonic": np.concatenate([semilep, np.zeros(m_l + m_h, bool)]),
     }
 
-    # GenJets: stored above threshold, sorted by decreasing pT inside each event
+
+def _genjets(jets: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """GenJets: the truth jets above threshold, sorted by decreasing pT inside each event;
+    sets ``jets["genjet_idx"]``. Returns the GenJet fields and counts."""
     stored = np.nonzero(jets["pt"] >= GENJET_PT_MIN)[0]
     perm, gj_counts, local = sort_within_events(jets["ev"][stored], -jets["pt"][stored], n)
     order = stored[perm]
@@ -533,13 +543,14 @@ def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
         "partonFlavour": jets["parton_flavour"][order],
         "hadronFlavour": jets["hadron_flavour"][order],
     }
+    return genjets, gj_counts
 
-    genpart, gp_counts, local_of_uid = builder.build(n)
 
-    # status-1 gen muons with what reco needs about them
-    lep_is_mu = a_lep == 13
+def _gen_muons(all_lep, lep_origin, hf_muons, local_of_uid, j_offset, jets) -> dict:
+    """Status-1 gen muons with what reco needs about them (see :class:`Truth`); lepton
+    jets start at ``j_offset`` in ``jets``."""
+    lep_is_mu = np.abs(all_lep["pdg"]) == 13
     n_lep_mu = int(lep_is_mu.sum())
-    j_offset = len(jp["ev"])  # lepton jets follow the jet partons in ``jets``
     muons = {
         "ev": np.concatenate([all_lep["ev"][lep_is_mu], hf_muons["ev"]]),
         "pt": np.concatenate([all_lep["pt"][lep_is_mu], hf_muons["pt"]]),
@@ -555,4 +566,24 @@ def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
     muons["activity"] = np.where(
         muons["origin"] >= ORIGIN_B, np.maximum(jets["pt"][muons["jet"]] - muons["pt"], 0.0), 0.0
     )
+    return muons
+
+
+def generate_truth(rng: np.random.Generator, n: int, proc: Process) -> Truth:
+    """Generator-level truth of ``n`` events of process ``proc`` (see module docstring)."""
+    pu = pileup(rng, n, proc.pileup_mean)
+    rad = _radiation(rng, n, proc)
+    hard = _ttbar(rng, n, rad) if proc.name == TTBAR else _wjets(rng, n, rad)
+    builder = hard.builder
+    all_lep, lep_origin, tau_h = _prompt_leptons(rng, builder, hard.leptons)
+
+    # jet partons: hard quarks and radiation
+    fields = ("ev", "pt", "eta", "phi", "pdg")
+    jp = _cat([{k: hard.jet_partons[k] for k in fields}, {k: rad[k] for k in fields}])
+    nu_loss, mu_inside, semilep, hf_muons = _heavy_flavour(rng, builder, jp)
+    parton_jets = _hadronize(rng, jp, nu_loss, len(hard.jet_partons["ev"]))
+    jets = _truth_jets(rng, jp, parton_jets, all_lep, tau_h, mu_inside, semilep)
+    genjets, gj_counts = _genjets(jets, n)
+    genpart, gp_counts, local_of_uid = builder.build(n)
+    muons = _gen_muons(all_lep, lep_origin, hf_muons, local_of_uid, len(jp["ev"]), jets)
     return Truth(n, jets, genjets, gj_counts, genpart, gp_counts, muons, pu)
