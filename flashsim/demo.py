@@ -22,12 +22,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 DEFAULT_DEMO_DIR = Path("demo")
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,11 +46,6 @@ class DemoResult:
     bench_json: Path | None
     bench_plot: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _step(title: str) -> float:
-    click.secho(f"\n== {title}", bold=True)
-    return time.perf_counter()
 
 
 def run_demo(
@@ -68,33 +66,85 @@ def run_demo(
     ``steps_per_epoch`` caps the optimiser steps of each training epoch (``None``: whole
     epochs), so the demo takes minutes on a laptop CPU.
     """
-    from flashsim.bench import BenchConfig, format_table, plot, run_benchmark, write_json
-    from flashsim.generate import generate
-    from flashsim.toy import generate_toy
-    from flashsim.train import TrainConfig, train
-    from flashsim.validate import validate
-    from pipelines.prep import prep
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     toy_path, shards, run_dir = out / "ttbar_toy.root", out / "shards", out / "runs" / "jets"
+    generated = out / "flashsim.root"
     seconds: dict[str, float] = {}
 
-    t = _step(f"1/6 toy: {events:,} ttbar events -> {toy_path}")
+    def timed(key: str, title: str, step: Callable[[], T]) -> T:
+        click.secho(f"\n== {title}", bold=True)
+        t = time.perf_counter()
+        value = step()
+        seconds[key] = time.perf_counter() - t
+        return value
+
+    timed(
+        "toy",
+        f"1/6 toy: {events:,} ttbar events -> {toy_path}",
+        lambda: _toy(toy_path, events, seed, progress),
+    )
+    timed(
+        "prep",
+        f"2/6 prep: {toy_path} -> {shards}/",
+        lambda: _prep(toy_path, shards, seed, progress),
+    )
+    timed(
+        "train",
+        f"3/6 train: jets, preset small, {epochs} epochs of {steps_per_epoch or 'all'} steps"
+        f" -> {run_dir}/",
+        lambda: _train(shards, run_dir, epochs, steps_per_epoch, seed, progress),
+    )
+    validation = timed(
+        "validate",
+        f"4/6 validate: {run_dir} vs full simulation (val split of {shards}/)",
+        lambda: _validate(run_dir, shards, seed, progress),
+    )
+    timed(
+        "generate",
+        f"5/6 generate: the jets of {toy_path} simulated by the flow -> {generated}",
+        lambda: _generate(toy_path, generated, run_dir, seed, progress),
+    )
+    bench_json = bench_plot = None
+    if bench:
+        bench_json, bench_plot = timed(
+            "bench",
+            "6/6 bench-loader --quick: every loader vs the original per-row datasets",
+            lambda: _bench(out, shards, progress),
+        )
+    _print_done(toy_path, shards, run_dir, validation, generated, bench_json, bench_plot, seconds)
+    return DemoResult(
+        out,
+        toy_path,
+        shards,
+        run_dir,
+        validation.json_path,
+        generated,
+        bench_json,
+        bench_plot,
+        seconds,
+    )
+
+
+def _toy(toy_path: Path, events: int, seed: int, progress: bool) -> None:
+    from flashsim.toy import generate_toy
+
     if toy_path.exists():
         click.echo(f"{toy_path} exists; reusing it (delete it to regenerate).")
     else:
         generate_toy(toy_path, events, seed=seed, progress=progress)
-    seconds["toy"] = time.perf_counter() - t
 
-    t = _step(f"2/6 prep: {toy_path} -> {shards}/")
+
+def _prep(toy_path: Path, shards: Path, seed: int, progress: bool) -> None:
+    from pipelines.prep import prep
+
     summary = prep([toy_path], shards, seed=seed, overwrite=True, progress=progress)
     click.echo(str(summary))
-    seconds["prep"] = time.perf_counter() - t
 
-    t = _step(
-        f"3/6 train: jets, preset small, {epochs} epochs of {steps_per_epoch or 'all'} steps -> {run_dir}/"
-    )
+
+def _train(shards, run_dir: Path, epochs, steps_per_epoch, seed, progress) -> None:
+    from flashsim.train import TrainConfig, train
+
     if run_dir.exists():  # the demo's own previous run: start afresh
         shutil.rmtree(run_dir)
     result = train(
@@ -114,15 +164,19 @@ def run_demo(
     )
     losses = [round(h["val_loss"], 3) for h in result.history if "val_loss" in h]
     click.echo(f"validation loss per epoch: {losses}; loss curve: {run_dir / 'loss.png'}")
-    seconds["train"] = time.perf_counter() - t
 
-    t = _step(f"4/6 validate: {run_dir} vs full simulation (val split of {shards}/)")
+
+def _validate(run_dir: Path, shards: Path, seed: int, progress: bool):
+    from flashsim.validate import validate
+
     validation = validate(run_dir, shards, seed=seed, device="cpu", progress=progress)
     click.echo(validation.table())
-    seconds["validate"] = time.perf_counter() - t
+    return validation
 
-    generated = out / "flashsim.root"
-    t = _step(f"5/6 generate: the jets of {toy_path} simulated by the flow -> {generated}")
+
+def _generate(toy_path: Path, generated: Path, run_dir: Path, seed: int, progress: bool) -> None:
+    from flashsim.generate import generate
+
     gen = generate(
         [toy_path],
         generated,
@@ -133,21 +187,23 @@ def run_demo(
         progress=progress,
     )
     click.echo(f"{gen.events:,} events, {gen.counts['Jet']:,} jets sampled in {gen.seconds:.1f} s")
-    seconds["generate"] = time.perf_counter() - t
 
-    bench_json = bench_plot = None
-    if bench:
-        t = _step("6/6 bench-loader --quick: every loader vs the original per-row datasets")
-        cfg = BenchConfig.quick_config(
-            object="jets", data=str(shards), cache_dir=str(out / "bench-cache")
-        )
-        report = run_benchmark(cfg, progress=progress)
-        click.echo(format_table(report))
-        bench_json, bench_plot = out / "bench-loader.json", out / "bench-loader.png"
-        write_json(report, bench_json)
-        plot(report, bench_plot)
-        seconds["bench"] = time.perf_counter() - t
 
+def _bench(out: Path, shards: Path, progress: bool) -> tuple[Path, Path]:
+    from flashsim.bench import BenchConfig, format_table, plot, run_benchmark, write_json
+
+    cfg = BenchConfig.quick_config(
+        object="jets", data=str(shards), cache_dir=str(out / "bench-cache")
+    )
+    report = run_benchmark(cfg, progress=progress)
+    click.echo(format_table(report))
+    bench_json, bench_plot = out / "bench-loader.json", out / "bench-loader.png"
+    write_json(report, bench_json)
+    plot(report, bench_plot)
+    return bench_json, bench_plot
+
+
+def _print_done(toy_path, shards, run_dir, validation, generated, bench_json, bench_plot, seconds):
     click.secho("\n== Done", bold=True)
     click.echo(f"toy events   {toy_path}")
     click.echo(f"stores       {shards}/ (inspect: flashsim info {shards}/jets.zarr)")
@@ -157,14 +213,3 @@ def run_demo(
     if bench_plot:
         click.echo(f"benchmark    {bench_plot} and {bench_json}")
     click.echo("time         " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    return DemoResult(
-        out,
-        toy_path,
-        shards,
-        run_dir,
-        validation.json_path,
-        generated,
-        bench_json,
-        bench_plot,
-        seconds,
-    )
