@@ -305,6 +305,32 @@ def _chunks(
         close_cached()
 
 
+def _check_request(paths, step_events: int, out: Path, overwrite: bool, compression: str) -> None:
+    """Fail before any work: no model, a bad step, an existing ``out``, a bad codec."""
+    if all(p is None for p in paths.values()):
+        raise FlashSimError(
+            "Nothing to generate: give a trained jets model, a muons model or both "
+            "(--jets runs/jets --muons runs/muons; `flashsim train jets` writes runs/jets)."
+        )
+    if step_events < 1:
+        raise FlashSimError(f"step_events must be at least 1, not {step_events}.")
+    check_output(out, overwrite)
+    parse_compression(compression)
+
+
+def _load_models(paths: Mapping[str, str | os.PathLike | None], device: str) -> dict:
+    """The trained flow of each object given a path, each checked to model that object."""
+    dev = resolve_device(device)
+    models = {o: TrainedFlow.load(p, device=dev) for o, p in paths.items() if p is not None}
+    for obj, model in models.items():
+        if model.object != obj:
+            raise FlashSimError(
+                f"{model.checkpoint} models {model.object}, but it was given as the {obj} "
+                f"model; pass it as --{model.object}."
+            )
+    return models
+
+
 def generate(
     inputs: Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -340,24 +366,9 @@ def generate(
     """
     start = time.perf_counter()
     paths = {"jets": jets, "muons": muons}
-    if all(p is None for p in paths.values()):
-        raise FlashSimError(
-            "Nothing to generate: give a trained jets model, a muons model or both "
-            "(--jets runs/jets --muons runs/muons; `flashsim train jets` writes runs/jets)."
-        )
-    if step_events < 1:
-        raise FlashSimError(f"step_events must be at least 1, not {step_events}.")
     out = Path(out)
-    check_output(out, overwrite)
-    parse_compression(compression)  # a bad codec fails before any work
-    dev = resolve_device(device)
-    models = {o: TrainedFlow.load(p, device=dev) for o, p in paths.items() if p is not None}
-    for obj, model in models.items():
-        if model.object != obj:
-            raise FlashSimError(
-                f"{model.checkpoint} models {model.object}, but it was given as the {obj} "
-                f"model; pass it as --{model.object}."
-            )
+    _check_request(paths, step_events, out, overwrite, compression)
+    models = _load_models(paths, device)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
     total = sum(inp.n_events for inp in planned)

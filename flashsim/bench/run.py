@@ -248,18 +248,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     kinds = loader_kinds(cfg.object, cfg.loaders)
     modes = cfg.modes_run
-    rows = cfg.rows or rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps)
-    data = prepare_bench_data(
-        cfg.object,
-        [format_for_kind(k) for k in kinds],
-        data=cfg.data,
-        cache_dir=cfg.cache_dir,
-        toy_rows=rows,
-        seed=cfg.seed,
-        use_shards=not cfg.quick,
-        progress=progress,
-        min_shard_rows=rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps, minimum=0),
-    )
+    data = _bench_data(cfg, kinds, progress)
     trainer = make_trainer(
         cfg.model, cfg.object, device, cfg.seed, next(iter(data.stores.values()))
     )
@@ -267,15 +256,61 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     notes = list(data.notes)
     nvml = NvmlProbe(device)
     notes += _device_notes(device, nvml, cfg.sample_interval_s)
+    notes += _busy_machine_notes(machine)
+    trials, skipped = _run_trials(cfg, kinds, modes, data, device, trainer, nvml, machine, progress)
+    if not trials:
+        raise FlashSimError(
+            "No loader could be measured, so nothing was written: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    with contextlib.suppress(OSError):
+        machine["load_average_at_end"] = list(os.getloadavg())
+    results = aggregate(trials, cfg.object, device, kinds, modes)
+    baseline = f"original-{cfg.object}"
+    if not any(r["loader"] == baseline for r in results):
+        notes.append(f"{baseline} was not measured, so no speedup is given.")
+    return {
+        "machine": machine,
+        "config": {**cfg.to_dict(), "device_resolved": str(device), "loaders_run": kinds},
+        "data": data.to_dict(),
+        "notes": notes,
+        "results": results,
+        "skipped": [{"loader": k, "reason": v} for k, v in skipped.items()],
+        "trials": trials,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _bench_data(cfg: BenchConfig, kinds: list[str], progress: bool):
+    """The stores every loader of ``kinds`` reads (prepared or reused)."""
+    return prepare_bench_data(
+        cfg.object,
+        [format_for_kind(k) for k in kinds],
+        data=cfg.data,
+        cache_dir=cfg.cache_dir,
+        toy_rows=cfg.rows or rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps),
+        seed=cfg.seed,
+        use_shards=not cfg.quick,
+        progress=progress,
+        min_shard_rows=rows_for_run(cfg.batch_size, cfg.warmup, cfg.steps, minimum=0),
+    )
+
+
+def _busy_machine_notes(machine: dict) -> list[str]:
     load = machine.get("load_average_at_start")
     cores = machine["cpu"]["logical_cores"] or 1
     if load and load[0] > 0.5 * cores:
-        notes.append(
+        return [
             f"the machine was busy when the run started (1-min load average {load[0]:.1f} on "
             f"{cores} cores): other processes shared the CPU; interleaving spreads their "
             "effect over all loaders, but absolute numbers are lower than on a quiet machine."
-        )
+        ]
+    return []
 
+
+def _run_trials(cfg, kinds, modes, data, device, trainer, nvml, machine, progress):
+    """Every (repeat, loader, mode) trial, interleaved: ``(trials, skipped)``, the trials of
+    loaders that failed (skipped: loader -> reason) left out. Closes ``nvml``."""
     trials: list[dict] = []
     skipped: dict[str, str] = {}
     threads_before = torch.get_num_threads()
@@ -314,28 +349,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
         bar.close()
         nvml.close()
         torch.set_num_threads(threads_before)
-    trials = [t for t in trials if t["loader"] not in skipped]
-    if not trials:
-        raise FlashSimError(
-            "No loader could be measured, so nothing was written: "
-            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-        )
-    with contextlib.suppress(OSError):
-        machine["load_average_at_end"] = list(os.getloadavg())
-    results = aggregate(trials, cfg.object, device, kinds, modes)
-    baseline = f"original-{cfg.object}"
-    if not any(r["loader"] == baseline for r in results):
-        notes.append(f"{baseline} was not measured, so no speedup is given.")
-    return {
-        "machine": machine,
-        "config": {**cfg.to_dict(), "device_resolved": str(device), "loaders_run": kinds},
-        "data": data.to_dict(),
-        "notes": notes,
-        "results": results,
-        "skipped": [{"loader": k, "reason": v} for k, v in skipped.items()],
-        "trials": trials,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return [t for t in trials if t["loader"] not in skipped], skipped
 
 
 def _device_notes(device: torch.device, nvml: NvmlProbe, interval_s: float) -> list[str]:
