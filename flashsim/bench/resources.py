@@ -5,7 +5,8 @@ the resident memory (RSS) and CPU times of the whole process tree (this process 
 children, e.g. DataLoader workers) with psutil and, on NVIDIA GPUs, the utilisation
 reported by NVML (``pynvml``, package ``nvidia-ml-py``; optional). :class:`BusyTimer`
 measures how long the device was busy computing: CUDA events on a GPU, wall-clock
-compute time on a CPU.
+compute time on a CPU. :func:`process_peak_rss_bytes` and :func:`process_cpu_seconds`
+give the exact figures of a process measured alone (the load-only epochs benchmark).
 
 Examples
 --------
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -40,6 +43,31 @@ def _cpu_seconds(proc: psutil.Process) -> float | None:
         t = proc.cpu_times()
         return t.user + t.system
     return None
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, exact (not sampled).
+
+    For a process measured alone (``flashsim.bench.epochs`` runs each loader in a fresh
+    one). Linux: ``VmHWM`` of ``/proc/self/status`` (``ru_maxrss`` would report the
+    parent's peak in a freshly spawned child, as it survives fork and exec).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children (workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class NvmlProbe:
