@@ -217,3 +217,27 @@ def test_unavailable_cuda_is_a_clear_error():
 
     with pytest.raises(FlashSimError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_epochs_harness_times_every_row_of_an_epoch_and_writes_original_files(tmp_path):
+    # the load-only harness behind benchmarks/bench_loaders.py, on a tiny store
+    from flashsim.bench.epochs import make_stores, markdown, measure, original_files
+
+    make_stores(tmp_path, 3000, ("jets", "muons"))
+    for kind in ("chunked", "resident", "webdataset"):
+        r = measure(str(tmp_path), kind, object="jets", batch_size=256, epochs=1)
+        assert (r["kind"], r["rows_timed"], r["batches_per_epoch"]) == (kind, 3000, 12)
+        assert r["peak_rss_bytes"] >= r["rss_growth_bytes"] >= 0 and r["rows_per_s"] > 0
+    h5 = str(store_path(tmp_path, "jets", "hdf5"))
+    r = measure(h5, "original-jets", batch_size=256, epochs=1, max_batches=3)
+    assert r["rows_timed"] == 3 * 256
+    parts = original_files(tmp_path, "muons")
+    blocks = []
+    for part in parts:  # the original layout: one contiguous (unchunked) dataset per file
+        with h5py.File(part) as f:
+            assert f["data"].chunks is None
+            blocks.append(f["data"][()])
+    with h5py.File(store_path(tmp_path, "muons", "hdf5")) as f:
+        np.testing.assert_array_equal(np.concatenate(blocks), f["data"][()])
+    table = markdown({"rows": 3000, "objects": {"jets": {"results": {"chunked": r}, "ratios": {}}}})
+    assert "| chunked | " in table and "### jets (3,000 rows)" in table
