@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
-from conftest import DY, read_events, write_events
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError, InputError
@@ -18,6 +17,8 @@ from flashsim.store import read_metadata, store_path
 from pipelines.branches import load_branch_map, parse_branch_option, required_branches
 from pipelines.inputs import expand_inputs
 from pipelines.prep import prep
+
+from conftest import DY, read_events, write_events
 
 
 def run_cli(*args: str):

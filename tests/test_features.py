@@ -9,7 +9,6 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from conftest import DY, TTBAR, raw_feature_rows
 
 from flashsim.kinematics import wrap_phi
 from flashsim.layouts import JETS, MUONS
@@ -24,6 +23,8 @@ from pipelines.branches import (
     resolve_branches,
 )
 from pipelines.features import charge_from_pdg_id, jet_features, muon_features
+
+from conftest import DY, TTBAR, raw_feature_rows
 
 # --------------------------------------------------------------------------- reference
 

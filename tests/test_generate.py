@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
-from conftest import TTBAR as REAL_TTBAR
-from conftest import raw_feature_rows
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError
@@ -28,6 +26,9 @@ from pipelines.branches import resolve_branches
 from pipelines.features import gen_jet_conditioning, gen_muon_conditioning
 from pipelines.nanoaod import inspect_nanoaod, iterate_steps
 from pipelines.prep import prep
+
+from conftest import TTBAR as REAL_TTBAR
+from conftest import raw_feature_rows
 
 TINY_FLOW = {"num_flow_steps": 2, "hidden_features": 16, "num_blocks": 1, "num_bins": 4}
 

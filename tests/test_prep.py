@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import DY, TTBAR, raw_feature_rows, read_events, write_events
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import JETS, MUONS
@@ -20,6 +19,8 @@ from pipelines import writers
 from pipelines.prep import prep, preprocessing_for
 from pipelines.store_info import column_stats, describe_store, iter_blocks
 from pipelines.tasks import drop_non_finite, step_rng
+
+from conftest import DY, TTBAR, raw_feature_rows, read_events, write_events
 
 SAMPLES = [str(TTBAR), str(DY)]
 MATCHED = {"jets": 362 + 95, "muons": 38 + 16}

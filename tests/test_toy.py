@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import uproot
 from click.testing import CliRunner
-from conftest import DY as REAL_DY
-from conftest import TTBAR as REAL_WJETS  # W+jets despite its name
 
 from flashsim.cli import main
 from flashsim.errors import FlashSimError, InputError, StoreError
@@ -27,6 +25,9 @@ from flashsim.toy import (
     within_tolerance,
     write_events,
 )
+
+from conftest import DY as REAL_DY
+from conftest import TTBAR as REAL_WJETS  # W+jets despite its name
 
 N_EVENTS = 20_000
 
