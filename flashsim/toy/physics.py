@@ -222,15 +222,7 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
         is_l = ~is_q & ~is_nu
         # quarks: status-23 hard-process entries, they become jets
         q = np.nonzero(is_q)[0]
-        uq = builder.add(
-            ev[q],
-            slot,
-            (pt[q], eta[q], phi[q], mass_k[q]),
-            pdg_k[q],
-            23,
-            FLAGS_HARD_FIRST,
-            w_uid[q],
-        )
+        uq = _status_23(builder, q, ev, slot, kin, mass_k, pdg_k, FLAGS_HARD_FIRST, w_uid)
         parts_q.append(
             {"ev": ev[q], "pt": pt[q], "eta": eta[q], "phi": phi[q], "pdg": pdg_k[q], "uid": uq}
         )
@@ -252,6 +244,12 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
     return _cat(parts_q), _cat(parts_l)
 
 
+def _status_23(builder, i, ev, slot, kin, mass, pdg, flags, parent) -> np.ndarray:
+    """Status-23 (hard-process) GenPart entries of the particles ``i``; their uids."""
+    pt, eta, phi = kin
+    return builder.add(ev[i], slot, (pt[i], eta[i], phi[i], mass[i]), pdg[i], 23, flags, parent[i])
+
+
 def _w_leptons(rng, builder, ev, w_uid, pdg, kin, lep, mass, slot) -> dict[str, np.ndarray]:
     """GenPart entries of the charged leptons ``lep`` of W decays (``kin``: pt, eta, phi of
     all daughters); half of them with a status-23 hard-process copy before FSR. Returns
@@ -260,15 +258,7 @@ def _w_leptons(rng, builder, ev, w_uid, pdg, kin, lep, mass, slot) -> dict[str, 
     mass = mass[lep]
     two = rng.random(len(lep)) < 0.5
     l2, l1 = np.nonzero(two)[0], np.nonzero(~two)[0]
-    u23 = builder.add(
-        ev[l2],
-        slot,
-        (pt[l2], eta[l2], phi[l2], mass[l2]),
-        pdg[l2],
-        23,
-        FLAGS_HARD_LEPTON_23,
-        w_uid[l2],
-    )
+    u23 = _status_23(builder, l2, ev, slot, (pt, eta, phi), mass, pdg, FLAGS_HARD_LEPTON_23, w_uid)
     fsr = 1.0 - np.minimum(rng.exponential(0.03, len(l2)), 0.5)  # photon radiation
     is_tau2 = np.abs(pdg[l2]) == 15
     is_tau1 = np.abs(pdg[l1]) == 15
