@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from flashsim import __version__
+from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError, InputError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
 from flashsim.kinematics import MUON_MASS, wrap_phi
@@ -52,7 +53,6 @@ from flashsim.layouts import Layout
 from flashsim.options import FINAL_STATE
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.sampling import TrainedFlow
-from loaders.base import resolve_device
 from pipelines.branches import (
     GENJET_VALUE_BRANCHES,
     JET_VALUE_BRANCHES,

@@ -42,6 +42,7 @@ from nflows import distributions, flows, transforms, utils
 from nflows.nn.nets import ResidualNet
 from torch.nn import functional as F
 
+from flashsim.checkpoint import load_checkpoint
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig
 
@@ -204,13 +205,11 @@ def load_model(
     Raises:
         FlashSimError: if the file is missing or not a flashsim checkpoint.
     """
-    from flashsim.train.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(checkpoint_path, map_location="cpu")
-    config = FlowConfig.from_dict(ckpt["flow_config"])
+    ckpt = load_checkpoint(checkpoint_path, map_location="cpu")
+    config = ckpt.flow_config
     flow = build_flow(config)
     try:
-        flow.load_state_dict(ckpt["model"])
+        flow.load_state_dict(ckpt.model)
     except RuntimeError as err:
         raise FlashSimError(
             f"{checkpoint_path}: the saved weights do not fit the saved flow configuration "
@@ -218,4 +217,4 @@ def load_model(
         ) from None
     flow.to(device)
     flow.eval()
-    return flow, config, ckpt.get("store_metadata", {})
+    return flow, config, ckpt.store_metadata

@@ -52,11 +52,11 @@ class Choices(Generic[V]):
             return value  # type: ignore[return-value]
         raise error(f"Unknown {self.what} {value!r}; choose one of {', '.join(self.values)}.")
 
-    def click_choice(self) -> click.Choice:
-        """The click parameter type accepting exactly :attr:`values`."""
+    def click_choice(self, *extra: str) -> click.Choice:
+        """The click parameter type accepting :attr:`values` (and ``extra``, e.g. ``"none"``)."""
         import click
 
-        return click.Choice(self.values)
+        return click.Choice([*self.values, *extra])
 
     def __contains__(self, value: object) -> bool:
         return value in self.values

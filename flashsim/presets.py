@@ -23,11 +23,19 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig
 from flashsim.layouts import layout_for
+from flashsim.options import Choices
+
+PresetName = Literal["paper", "small"]
+PRESETS: Choices[PresetName] = Choices.of("preset", PresetName)
+"""The preset names (``flashsim train --preset``)."""
+DEFAULT_PRESET: PresetName = "small"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,59 @@ class Preset:
     lr: float
     epochs: int
     batch_size: int
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The optimisation hyperparameters of a training run: a preset's, overridden
+    (saved in its checkpoints and ``run.json`` as ``hparams``).
+
+    Attributes:
+        preset: the preset they started from.
+        epochs: epochs, also the cosine annealing period ``T_max``.
+        batch_size: rows per optimiser step and per process (>= 2, for batch norm).
+        lr: Adam learning rate at the start of the cosine schedule.
+        seed: seed of the weights, the shuffling and dropout.
+    """
+
+    preset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1 (got {self.epochs})")
+        if self.batch_size < 2:
+            problems.append(f"batch size must be >= 2 for batch norm (got {self.batch_size})")
+        if not self.lr > 0:
+            problems.append(f"learning rate must be > 0 (got {self.lr})")
+        if problems:
+            raise FlashSimError("Invalid training options: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def of(cls, preset: Preset, seed: int = 0, **overrides: float | None) -> HParams:
+        """The preset's values with the non-``None`` ``overrides`` (epochs, batch_size, lr)."""
+        values = {"epochs": preset.epochs, "batch_size": preset.batch_size, "lr": preset.lr}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(preset=preset.name, seed=seed, **values)
+
+    def to_dict(self) -> dict:
+        """Plain dictionary (JSON- and checkpoint-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> HParams:
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FlashSimError(f"Unknown hyperparameters {unknown}; known: {sorted(known)}.")
+        return cls(**values)
 
 
 def _paper(obj: str) -> Preset:
@@ -89,21 +150,13 @@ def _small(obj: str) -> Preset:
     return Preset("small", flow, lr=3e-3, epochs=5, batch_size=1024)
 
 
-_PRESETS = {"paper": _paper, "small": _small}
-PRESETS: tuple[str, ...] = tuple(_PRESETS)
-DEFAULT_PRESET = "small"
+_MAKERS = {"paper": _paper, "small": _small}
 
 
 def get_preset(name: str, obj: str) -> Preset:
-    """The preset ``name`` (``"paper"`` or ``"small"``) for object ``obj``.
+    """The preset ``name`` (one of :data:`PRESETS`) for object ``obj``.
 
     Raises:
         FlashSimError: for an unknown preset or object.
     """
-    try:
-        make = _PRESETS[name]
-    except KeyError:
-        raise FlashSimError(
-            f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}."
-        ) from None
-    return make(obj)
+    return _MAKERS[PRESETS.normalize(name)](obj)

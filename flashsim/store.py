@@ -26,10 +26,11 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from flashsim.errors import StoreError
 from flashsim.layouts import Layout, layout_for
-from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR
+from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR, Choices
 
 FORMATS: tuple[str, ...] = STORE_FORMATS.values
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -39,14 +40,8 @@ WDS_MANIFEST = "manifest.json"
 HDF5_SPLIT_DATASETS = {"train": "data", "val": "val"}
 """HDF5 dataset name of each split: ``data`` is the original FlashSim name."""
 
-LOADER_KINDS: tuple[str, ...] = (
-    "auto",
-    "chunked",
-    "webdataset",
-    "resident",
-    "original-jets",
-    "original-muons",
-)
+LoaderKind = Literal["auto", "chunked", "webdataset", "resident", "original-jets", "original-muons"]
+LOADER_KINDS: Choices[LoaderKind] = Choices.of("loader kind", LoaderKind)
 """Loader kinds of :func:`loaders.open`; here (torch-free) so the CLI and configs share them."""
 
 DEFAULT_DATA_DIR = Path("shards")
@@ -120,6 +115,18 @@ def store_layout(meta: dict, expected_object: str | None = None, path: str = "")
         raise StoreError(
             f"{path or 'The store'} has an unknown layout (object {obj!r}, "
             f"{len(columns or [])} columns); flashsim knows jets (31) and muons (52)."
+        )
+    return layout
+
+
+def check_store(path: str | os.PathLike, meta: dict, obj: str) -> Layout:
+    """The store's layout, after checking it holds ``obj`` rows in the known column order."""
+    layout = store_layout(meta, expected_object=obj, path=str(path))
+    columns = meta.get("layout", {}).get("columns")
+    if columns is not None and tuple(columns) != layout.columns:
+        raise StoreError(
+            f"{path} has {obj} columns in an order flashsim does not know; re-create it with "
+            "`flashsim prep`."
         )
     return layout
 

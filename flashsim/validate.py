@@ -182,7 +182,7 @@ def default_out(run: str | os.PathLike) -> Path:
 def locate_store(model: TrainedFlow, data: str | os.PathLike) -> Path:
     """The store of the flow's object in ``data`` (a store or a prep directory), after
     checking it holds that object's columns prepared with the flow's preprocessing."""
-    from flashsim.train.trainer import check_store
+    from flashsim.store import check_store
 
     store = find_store(data, model.object)
     meta = read_metadata(store)
@@ -426,7 +426,7 @@ def validate(
             store of another object, column order or preprocessing; a split with fewer
             than 2 rows; bad arguments.
     """
-    from loaders.base import resolve_device
+    from flashsim.devices import resolve_device
 
     if split not in SPLITS:
         raise FlashSimError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")

@@ -29,9 +29,10 @@ from collections.abc import Sequence
 
 import torch
 
+from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError
 from flashsim.store import LOADER_KINDS
-from loaders.base import BaseLoader, resolve_device
+from loaders.base import BaseLoader
 from loaders.chunked import ChunkedZarrLoader
 from loaders.original import OriginalJetsDataset, OriginalLoader, OriginalMuonsDataset
 from loaders.resident import DeviceResidentLoader, split_bytes

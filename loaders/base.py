@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError
 from flashsim.layouts import Layout
 from loaders.plan import batches_per_rank
@@ -57,25 +58,6 @@ def check_window_options(buffer_chunks: int, prefetch: int, num_workers: int) ->
             f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
             f"{buffer_chunks}, {prefetch}, {num_workers})."
         )
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``, checking that a requested CUDA device exists.
-
-    ``"auto"``: CUDA when available, else the CPU.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise FlashSimError(f"Unknown device {device!r} ({err}); use 'cpu' or 'cuda'.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlashSimError(
-            f"device {device!r} was asked for but torch {torch.__version__} sees no CUDA GPU "
-            "on this machine; use device 'cpu' (--device cpu on the command line)."
-        )
-    return dev
 
 
 class BaseLoader:

@@ -31,6 +31,7 @@ from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import DTYPE, OBJECTS, Layout
 from flashsim.store import (
     HDF5_SPLIT_DATASETS,
+    LOADER_KINDS,
     SPLITS,
     WDS_MANIFEST,
     detect_format,
@@ -83,10 +84,7 @@ def locate(
         FlashSimError: unknown kind, object mismatch, missing store, or a store whose
             format the kind cannot read.
     """
-    if kind not in KIND_FORMATS:
-        raise FlashSimError(
-            f"Unknown loader kind {kind!r}; choose one of {', '.join(KIND_FORMATS)}."
-        )
+    kind = LOADER_KINDS.normalize(kind)
     implied = KIND_OBJECT.get(kind)
     if obj is not None and implied is not None and obj != implied:
         raise FlashSimError(

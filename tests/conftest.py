@@ -3,6 +3,7 @@ needing them when they are absent, and test-only helpers that cut small ROOT inp
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from flashsim.layouts import layout_for
 from flashsim.options import FINAL_STATE
+from flashsim.train.metrics import METRICS_FILE
 from pipelines.branches import materialize, resolve_branches
 from pipelines.features import FEATURES
 from pipelines.nanoaod import (
@@ -112,3 +114,11 @@ def raw_feature_rows(
         for _, n_events, arrays in iterate_steps(path, plan.reads, 0, stop, DEFAULT_STEP_EVENTS)
     ]
     return np.concatenate(blocks) if blocks else np.empty((0, layout_for(obj).n_columns), "f4")
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
+    """The records of a run directory's ``metrics.jsonl`` (empty list if absent)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -9,6 +9,15 @@ import pytest
 import torch
 from nflows import transforms
 
+from flashsim.checkpoint import (
+    capture_rng_state,
+    copy_checkpoint,
+    from_safe,
+    read_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    to_safe,
+)
 from flashsim.errors import FlashSimError
 from flashsim.layouts import JETS, MUONS
 from flashsim.model import (
@@ -19,16 +28,9 @@ from flashsim.model import (
     set_standardization,
 )
 from flashsim.presets import PRESETS, get_preset
-from flashsim.train.checkpoint import (
-    capture_rng_state,
-    copy_checkpoint,
-    from_safe,
-    read_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    to_safe,
-)
-from flashsim.train.metrics import METRICS_FILE, MetricsLogger, read_metrics
+from flashsim.train.metrics import METRICS_FILE, MetricsLogger
+
+from conftest import read_metrics
 
 TINY = FlowConfig(
     n_targets=5, n_conditioning=3, num_flow_steps=3, hidden_features=16, num_blocks=1, num_bins=4

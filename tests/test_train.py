@@ -17,14 +17,15 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
+from flashsim.checkpoint import read_checkpoint
 from flashsim.errors import FlashSimError
 from flashsim.layouts import JETS, layout_for
 from flashsim.model import build_flow, load_model
 from flashsim.train import NonFiniteLossError, TrainConfig, train
-from flashsim.train import trainer as trainer_module
-from flashsim.train.checkpoint import read_checkpoint
-from flashsim.train.metrics import read_metrics
+from flashsim.train import loop as loop_module
 from pipelines.writers import write_store
+
+from conftest import read_metrics
 
 # A flow small enough for a 2-core CPU; the learning test uses the real `small` preset.
 TINY_FLOW = {"num_flow_steps": 3, "hidden_features": 32, "num_blocks": 1, "num_bins": 8}
@@ -174,14 +175,14 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, mon
 
     # A real SIGINT through the real handler, sent by the training thread itself right
     # after step 3 of the second epoch: deterministic, unlike a watcher thread's timing.
-    trace_step = trainer_module._Run._trace
+    trace_step = loop_module.StepTrace.write
 
     def trace_then_interrupt(self, epoch, step, x, y):
         trace_step(self, epoch, step, x, y)
         if epoch == 1 and step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(trainer_module._Run, "_trace", trace_then_interrupt)
+    monkeypatch.setattr(loop_module.StepTrace, "write", trace_then_interrupt)
     stopped = train(quick(store, out, loader="chunked", trace=True))
     monkeypatch.undo()
     assert stopped.status == "interrupted"

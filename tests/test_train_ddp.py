@@ -12,11 +12,11 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from flashsim.checkpoint import read_checkpoint
 from flashsim.layouts import layout_for
 from flashsim.model import load_model
 from flashsim.train import TrainConfig, train
-from flashsim.train.checkpoint import read_checkpoint
-from flashsim.train.trainer import row_fingerprints
+from flashsim.train.loop import row_fingerprints
 from pipelines.writers import write_store
 
 pytestmark = pytest.mark.multiprocess  # several processes: label for `-m "not multiprocess"`

@@ -29,9 +29,9 @@ from flashsim.bench.data import (
 from flashsim.bench.harness import MODES, Trainer, interleaved, run_trial, summarize
 from flashsim.bench.machine import describe_machine
 from flashsim.bench.resources import NvmlProbe
+from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError
 from flashsim.layouts import OBJECTS, layout_for
-from loaders.base import resolve_device
 
 MODELS: tuple[str, ...] = ("small", "paper", "none")
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from flashsim.cli.options import device_option
 from flashsim.layouts import OBJECTS
+from flashsim.presets import PRESETS
 
 
 def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
@@ -42,7 +44,7 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 )
 @click.option(
     "--model",
-    type=click.Choice(["small", "paper", "none"]),
+    type=PRESETS.click_choice("none"),
     default=None,
     help="Flow preset trained in training mode; none: load-only.  [default: small]",
 )
@@ -79,9 +81,7 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
     help="Interleaved trials per loader and mode; median and spread are "
     "reported.  [default: 3; quick: 2]",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda[:i]."
-)
+@device_option(help="auto (CUDA if present), cpu, cuda or cuda:N.")
 @click.option(
     "--workers",
     type=click.IntRange(min=0),

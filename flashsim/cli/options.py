@@ -6,8 +6,24 @@ from collections.abc import Callable
 
 import click
 
+from flashsim.devices import DEVICE_METAVAR, parse_device
+from flashsim.errors import FlashSimError
 from flashsim.store import DEFAULT_DATA_DIR
-from flashsim.train.config import DEVICES
+
+
+class DeviceParam(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked by :func:`flashsim.devices.parse_device`."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return DEVICE_METAVAR
+
+    def convert(self, value, param, ctx) -> str:
+        try:
+            return parse_device(value)
+        except FlashSimError as err:
+            self.fail(str(err), param, ctx)
 
 
 def positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -28,15 +44,19 @@ def data_option(command: Callable) -> Callable:
     )(command)
 
 
-def device_option(command: Callable) -> Callable:
-    """``--device auto|cpu|cuda`` (auto: CUDA when available)."""
-    return click.option(
-        "--device",
-        type=click.Choice(DEVICES),
-        default="auto",
-        show_default=True,
-        help="Where the flow runs; auto: CUDA when available, else the CPU.",
-    )(command)
+DEVICE_HELP = "Where the flow runs; auto: CUDA when available, else the CPU; cuda:N: GPU N."
+
+
+def device_option(command: Callable | None = None, *, help: str = DEVICE_HELP) -> Callable:
+    """``--device auto|cpu|cuda|cuda:N`` (auto: CUDA when available); the same parser for
+    every command. Use as ``@device_option`` or ``@device_option(help=...)``."""
+
+    def decorate(command: Callable) -> Callable:
+        return click.option(
+            "--device", type=DeviceParam(), default="auto", show_default=True, help=help
+        )(command)
+
+    return decorate if command is None else decorate(command)
 
 
 def branch_map_options(command: Callable) -> Callable:

@@ -11,7 +11,8 @@ from flashsim.cli.options import data_option, device_option, positive
 from flashsim.flow_config import ACTIVATIONS
 from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
-from flashsim.train.config import LOADER_KINDS, TrainConfig
+from flashsim.store import LOADER_KINDS
+from flashsim.train.config import TrainConfig
 
 
 @click.command("train")
@@ -22,7 +23,7 @@ from flashsim.train.config import LOADER_KINDS, TrainConfig
 )
 @click.option(
     "--preset",
-    type=click.Choice(PRESETS),
+    type=PRESETS.click_choice(),
     default=None,
     help=f"'paper': the original FlashSim model and schedule; 'small': a few minutes on a CPU.  [default: {DEFAULT_PRESET}]",
 )
@@ -48,7 +49,7 @@ from flashsim.train.config import LOADER_KINDS, TrainConfig
 )
 @click.option(
     "--loader",
-    type=click.Choice(LOADER_KINDS),
+    type=LOADER_KINDS.click_choice(),
     default="auto",
     show_default=True,
     help="How batches are read: chunked zarr, webdataset, device-resident, or the original per-row datasets.",

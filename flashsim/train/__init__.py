@@ -4,8 +4,11 @@
 >>> result = train(TrainConfig("jets", data="shards/", epochs=3))    # doctest: +SKIP
 
 Modules: :mod:`~flashsim.train.config` (options and result), :mod:`~flashsim.train.trainer`
-(the loop), :mod:`~flashsim.train.checkpoint` (atomic save/load, RNG state),
-:mod:`~flashsim.train.metrics` (JSON lines, TensorBoard, loss plot),
+(one run, start to end), :mod:`~flashsim.train.setup` (checks, hyperparameters, loaders),
+:mod:`~flashsim.train.loop` (the passes of an epoch), :mod:`~flashsim.train.checkpointing`
+(a run's checkpoints; the file format is :mod:`flashsim.checkpoint`),
+:mod:`~flashsim.train.runlog` (train.log, run.json), :mod:`~flashsim.train.metrics`
+(JSON lines, TensorBoard, loss plot),
 :mod:`~flashsim.train.distributed` (torchrun/DDP, ``--nproc`` launcher),
 :mod:`~flashsim.train.interrupt` (Ctrl-C handling).
 """
@@ -19,7 +22,7 @@ __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 
 def __getattr__(name: str):
     # The loop imports torch, nflows and the loaders: load it only when used, so that
-    # `flashsim.model.load_model` (which needs only the checkpoint module) stays light.
+    # importing the options (TrainConfig) stays light.
     if name in ("train", "NonFiniteLossError"):
         from flashsim.train import trainer
 

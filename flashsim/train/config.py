@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashsim.store import DEFAULT_DATA_DIR, LOADER_KINDS
+from flashsim.store import DEFAULT_DATA_DIR
 
-__all__ = ["DEVICES", "LOADER_KINDS", "TrainConfig", "TrainResult"]
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+__all__ = ["TrainConfig", "TrainResult"]
 
 
 @dataclass
@@ -28,7 +27,8 @@ class TrainConfig:
         flow: overrides of :class:`~flashsim.model.FlowConfig` fields, e.g.
             ``{"hidden_features": 128, "num_bins": 32}``.
         loader: loader kind passed to :func:`loaders.open`.
-        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+            (:func:`flashsim.devices.parse_device`).
         resume: continue from ``out/checkpoints/last.pt``.
         checkpoint_every: also keep ``epoch-NNNN.pt`` every N epochs (0: never).
         max_steps_per_epoch: cap optimiser steps per epoch (quick runs).

@@ -43,14 +43,6 @@ _SCALARS = (
 )
 
 
-def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``out_dir/metrics.jsonl`` (empty list if absent)."""
-    path = Path(out_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
     """Write the loss-curve PNG (train and validation NLL per epoch) atomically."""
     import matplotlib

@@ -1,9 +1,11 @@
-"""Checkpoint files: atomic writes, safe reads, and the RNG state they carry.
+"""Checkpoint files: what they hold (:class:`Checkpoint`), atomic writes, safe reads,
+and the RNG state they carry.
 
-A checkpoint is one ``torch.save`` dictionary (see :func:`flashsim.train.trainer.train`
-for the keys): model, optimiser, scheduler, loader state, RNG states, the flow
-configuration, the training hyperparameters, the store metadata and the history.
-It is written to a temporary file in the same directory, flushed to disk and moved
+A checkpoint is one ``torch.save`` dictionary, :meth:`Checkpoint.to_dict`: model,
+optimiser, scheduler, loader state, RNG states, the flow configuration, the training
+hyperparameters, the store metadata and the history, plus a ``format``/``version``
+marker. Its keys are those every earlier version wrote, so old checkpoints load and
+resume unchanged. It is written to a temporary file in the same directory, flushed to disk and moved
 into place with :func:`os.replace`, so a crash never leaves a half-written
 checkpoint under a final name. Files are read with ``weights_only=True`` (no
 arbitrary pickles): numpy values are converted to tensors/Python values on save and
@@ -12,9 +14,13 @@ back on load (:func:`to_safe` / :func:`from_safe`).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import random
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +28,96 @@ import numpy as np
 import torch
 
 from flashsim.errors import FlashSimError
+from flashsim.flow_config import FlowConfig
 from flashsim.outputs import atomic_output
+from flashsim.presets import HParams
 
 CHECKPOINT_FORMAT = "flashsim-checkpoint"
 CHECKPOINT_VERSION = 1
 
 _NUMPY_TAG = "__numpy_array__"
+_ENVELOPE = ("format", "version")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What one checkpoint file holds (the fields are its on-disk keys, in their order).
+
+    Only ``flow_config`` and ``model`` are needed to rebuild the flow
+    (:func:`flashsim.model.load_model`); the rest resumes a training run.
+
+    Attributes:
+        object: ``"jets"`` or ``"muons"``.
+        flow_config: the flow's hyperparameters.
+        hparams: the run's optimisation hyperparameters.
+        model, optimizer, scheduler: ``state_dict()`` of the flow, Adam and the schedule.
+        epochs_done: completed epochs.
+        mid_epoch: saved inside an epoch (Ctrl-C): ``epoch_progress`` and ``loader`` hold
+            each rank's running totals and loader position.
+        epoch_progress: per rank, the epoch's running totals (``mid_epoch`` only).
+        loader: ``{"kind", "world_size", "states": [per rank]}`` (``mid_epoch`` only).
+        rng: per rank, :func:`capture_rng_state`.
+        history: the metrics record of every completed epoch.
+        best_val_loss: the lowest validation loss so far (nats per row).
+        store, store_metadata: the store trained on and its metadata.
+        world_size, threads: processes and torch CPU threads of the run that saved it.
+        tool_version, saved_at: flashsim version and local time of the save.
+    """
+
+    object: str | None
+    flow_config: FlowConfig
+    hparams: HParams | None
+    model: dict[str, torch.Tensor]
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    epochs_done: int = 0
+    mid_epoch: bool = False
+    epoch_progress: list[dict] | None = None
+    loader: dict | None = None
+    rng: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    store: str | None = None
+    store_metadata: dict = field(default_factory=dict)
+    world_size: int = 1
+    threads: int | None = None
+    tool_version: str | None = None
+    saved_at: str | None = None
+
+    def to_dict(self) -> dict:
+        """The ``torch.save`` dictionary (keys in the order earlier versions wrote them)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["flow_config"] = self.flow_config.to_dict()
+        values["hparams"] = None if self.hparams is None else self.hparams.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: str | os.PathLike = "") -> Checkpoint:
+        """Rebuild from :meth:`to_dict` output or a file's dictionary (its ``format`` and
+        ``version`` marker is dropped).
+
+        Raises:
+            FlashSimError: unknown keys, or no ``flow_config``/``model``.
+        """
+        where = f"{path}: " if path else ""
+        values = {k: v for k, v in values.items() if k not in _ENVELOPE}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        missing = [k for k in ("flow_config", "model") if k not in values]
+        if unknown or missing:
+            raise FlashSimError(
+                f"{where}the checkpoint has "
+                + (f"unknown keys {unknown}" if unknown else f"no {' or '.join(missing)}")
+                + "; it was not written by `flashsim train` of this version."
+            )
+        hparams = values.get("hparams")
+        return cls(
+            **{
+                "object": None,
+                **values,
+                "flow_config": FlowConfig.from_dict(values["flow_config"]),
+                "hparams": None if hparams is None else HParams.from_dict(hparams),
+            }
+        )
 
 
 def to_safe(obj: Any) -> Any:
@@ -139,3 +229,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{payload['version']} > {CHECKPOINT_VERSION}); upgrade flashsim to read it."
         )
     return from_safe(payload)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """:func:`read_checkpoint` as a :class:`Checkpoint`."""
+    return Checkpoint.from_dict(read_checkpoint(path, map_location), path=path)
