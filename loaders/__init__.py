@@ -30,9 +30,8 @@ from collections.abc import Sequence
 import torch
 
 from flashsim.devices import resolve_device
-from flashsim.errors import FlashSimError
 from flashsim.store import LOADER_KINDS
-from loaders.base import BaseLoader
+from loaders.base import BaseLoader, LoaderOptions
 from loaders.chunked import ChunkedZarrLoader
 from loaders.original import OriginalJetsDataset, OriginalLoader, OriginalMuonsDataset
 from loaders.resident import DeviceResidentLoader, split_bytes
@@ -42,6 +41,13 @@ from loaders.webdataset_loader import WebDatasetLoader
 KINDS: tuple[str, ...] = LOADER_KINDS
 
 Loader = BaseLoader
+
+_LOADER_CLASSES: dict[str, type[BaseLoader]] = {
+    "chunked": ChunkedZarrLoader,
+    "webdataset": WebDatasetLoader,
+    "resident": DeviceResidentLoader,
+}
+"""The kinds that are one class each (``auto`` picks one; the originals share one)."""
 
 HOST_BUDGET_FRACTION = 0.25
 """``auto`` on the CPU: resident if the split takes at most this fraction of available RAM."""
@@ -114,7 +120,7 @@ def open(
             read, wrong object, bad arguments.
     """
     store = locate(data, kind, object)
-    common = dict(
+    options = LoaderOptions(
         batch_size=batch_size,
         shuffle=shuffle,
         seed=seed,
@@ -123,19 +129,14 @@ def open(
         rank=rank,
         world_size=world_size,
         num_workers=num_workers,
+        prefetch=prefetch,
+        buffer_chunks=buffer_chunks,
     )
-    buffered = dict(prefetch=prefetch, buffer_chunks=buffer_chunks)
     if kind == "auto":
         kind = _auto_kind(store, split, resolve_device(device), memory_budget_bytes)
-    if kind == "resident":
-        return DeviceResidentLoader(store, split, **common)
-    if kind == "chunked":
-        return ChunkedZarrLoader(store, split, **common, **buffered)
-    if kind == "webdataset":
-        return WebDatasetLoader(store, split, **common, **buffered)
     if kind in ("original-jets", "original-muons"):
-        return OriginalLoader(store, split, kind=kind, **common, prefetch=prefetch)
-    raise FlashSimError(f"Unknown loader kind {kind!r}; choose one of {', '.join(KINDS)}.")
+        return OriginalLoader(store, split, options, kind=kind)
+    return _LOADER_CLASSES[kind](store, split, options)
 
 
 def _auto_kind(store: StoreInfo, split: str, device: torch.device, budget: int | None) -> str:
@@ -154,6 +155,7 @@ __all__ = [
     "ChunkedZarrLoader",
     "DeviceResidentLoader",
     "Loader",
+    "LoaderOptions",
     "OriginalJetsDataset",
     "OriginalLoader",
     "OriginalMuonsDataset",

@@ -21,8 +21,11 @@ Epochs and resume
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,13 +54,38 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return int(rank), int(world_size)
 
 
-def check_window_options(buffer_chunks: int, prefetch: int, num_workers: int) -> None:
-    """Validate the shuffle-window options shared by the chunked and webdataset loaders."""
-    if int(buffer_chunks) < 1 or int(prefetch) < 1 or int(num_workers) < 0:
-        raise FlashSimError(
-            f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
-            f"{buffer_chunks}, {prefetch}, {num_workers})."
-        )
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The keywords every loader kind shares (documented at :func:`loaders.open`).
+
+    A loader takes them as one object, or as keywords: ``ChunkedZarrLoader(store,
+    batch_size=512)`` is ``ChunkedZarrLoader(store, LoaderOptions(batch_size=512))``.
+    ``num_workers``, ``prefetch`` and ``buffer_chunks`` mean what each kind says.
+    """
+
+    batch_size: int = 2048
+    shuffle: bool = True
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    drop_last: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    num_workers: int = 0
+    prefetch: int = 2
+    buffer_chunks: int = 4
+
+    @classmethod
+    def of(cls, options: LoaderOptions | None = None, **changes: Any) -> LoaderOptions:
+        """``options`` (default: the defaults) with ``changes`` applied."""
+        return dataclasses.replace(options or cls(), **changes)
+
+    def check_window(self) -> None:
+        """Validate the shuffle-window options of the chunked and webdataset loaders."""
+        if int(self.buffer_chunks) < 1 or int(self.prefetch) < 1 or int(self.num_workers) < 0:
+            raise FlashSimError(
+                f"buffer_chunks and prefetch must be >= 1 and num_workers >= 0 (got "
+                f"{self.buffer_chunks}, {self.prefetch}, {self.num_workers})."
+            )
 
 
 class BaseLoader:
@@ -73,36 +101,29 @@ class BaseLoader:
 
     kind = ""
 
-    def __init__(
-        self,
-        store: StoreInfo,
-        split: str,
-        *,
-        n_rows: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        device: str | torch.device,
-        drop_last: bool,
-        rank: int | None,
-        world_size: int | None,
-    ) -> None:
-        if int(batch_size) < 1:
-            raise FlashSimError(f"batch_size must be a positive number of rows, got {batch_size}.")
-        if int(seed) < 0:
-            raise FlashSimError(f"seed must be a non-negative integer, got {seed}.")
+    def __init__(self, store: StoreInfo, split: str, n_rows: int, options: LoaderOptions) -> None:
+        if int(options.batch_size) < 1:
+            raise FlashSimError(
+                f"batch_size must be a positive number of rows, got {options.batch_size}."
+            )
+        if int(options.seed) < 0:
+            raise FlashSimError(f"seed must be a non-negative integer, got {options.seed}.")
+        self.options = options
         self.store = store
         self.split = split
         self.layout: Layout = store.layout
         self.metadata: dict = store.metadata
         self.path: Path = store.path
         self.n_rows = int(n_rows)
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.device = resolve_device(device)
-        self.drop_last = bool(drop_last)
-        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.batch_size = int(options.batch_size)
+        self.shuffle = bool(options.shuffle)
+        self.seed = int(options.seed)
+        self.device = resolve_device(options.device)
+        self.drop_last = bool(options.drop_last)
+        self.rank, self.world_size = resolve_rank(options.rank, options.world_size)
+        self.num_workers = int(options.num_workers)
+        self.prefetch = int(options.prefetch)
+        self.buffer_chunks = int(options.buffer_chunks)
         self.epoch = 0
         self._resume_from = 0
         self._consumed = 0

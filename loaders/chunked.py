@@ -24,13 +24,13 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
-import torch
 
 from flashsim.errors import FlashSimError
 from flashsim.layouts import DTYPE
-from loaders.base import BaseLoader, Batch, check_window_options
+from loaders.base import BaseLoader, Batch, LoaderOptions
 from loaders.plan import EpochPlan, chunk_plan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import HDF5Units, StoreInfo, ZarrUnits, open_units
@@ -52,7 +52,8 @@ class ChunkedZarrLoader(BaseLoader):
         prefetch: windows prepared ahead of the consumer.
         buffer_chunks: chunks whose rows are mixed together in one shuffle window.
 
-    Other arguments as in :func:`loaders.open`.
+    ``options`` (or keywords): :class:`~loaders.base.LoaderOptions`, as in
+    :func:`loaders.open`.
     """
 
     kind = "chunked"
@@ -61,41 +62,20 @@ class ChunkedZarrLoader(BaseLoader):
         self,
         store: StoreInfo,
         split: str = "train",
-        *,
-        batch_size: int = 2048,
-        shuffle: bool = True,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        num_workers: int = 0,
-        prefetch: int = 2,
-        buffer_chunks: int = 4,
+        options: LoaderOptions | None = None,
+        **kwargs: Any,
     ) -> None:
+        options = LoaderOptions.of(options, **kwargs)
         units = open_units(store, split)
         if not isinstance(units, (ZarrUnits, HDF5Units)):
             raise FlashSimError(
                 f"The chunked loader reads zarr or HDF5 stores; {store.path} is "
                 f"{store.format}. Use kind='webdataset'."
             )
-        check_window_options(buffer_chunks, prefetch, num_workers)
-        super().__init__(
-            store,
-            split,
-            n_rows=units.n_rows,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            device=device,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
+        options.check_window()
+        super().__init__(store, split, units.n_rows, options)
         self.units = units
-        self.buffer_chunks = int(buffer_chunks)
-        self.prefetch = int(prefetch)
-        self.threads = int(num_workers) or default_threads()
+        self.threads = self.num_workers or default_threads()
         self._emit = BatchEmitter(self.device, self.layout)
         self._local = threading.local()  # per decode thread: one chunk of scratch
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from flashsim.errors import FlashSimError
 from flashsim.layouts import JETS, MUONS
 from flashsim.store import HDF5_SPLIT_DATASETS
-from loaders.base import BaseLoader, Batch
+from loaders.base import BaseLoader, Batch, LoaderOptions
 from loaders.sources import StoreInfo
 
 Paths = Sequence[str | os.PathLike]
@@ -149,25 +150,19 @@ class OriginalLoader(BaseLoader):
         prefetch: DataLoader ``prefetch_factor`` (with workers).
         limit: rows to use, as the original's ``limit`` argument (``None``: all).
 
-    Other arguments as in :func:`loaders.open`.
+    ``options`` (or keywords): :class:`~loaders.base.LoaderOptions`, as in
+    :func:`loaders.open`.
     """
 
     def __init__(
         self,
         store: StoreInfo,
         split: str = "train",
+        options: LoaderOptions | None = None,
         *,
         kind: str,
-        batch_size: int = 2048,
-        shuffle: bool = True,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        num_workers: int = 0,
-        prefetch: int = 2,
         limit: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if split not in HDF5_SPLIT_DATASETS:
             raise FlashSimError(f"Unknown split {split!r}; choose one of train, val.")
@@ -186,20 +181,7 @@ class OriginalLoader(BaseLoader):
                 "datasets need HDF5 stores written by `flashsim prep --format hdf5`."
             ) from None
         self.kind = kind
-        super().__init__(
-            store,
-            split,
-            n_rows=len(self.dataset),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            device=device,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
-        self.num_workers = int(num_workers)
-        self.prefetch = int(prefetch)
+        super().__init__(store, split, len(self.dataset), LoaderOptions.of(options, **kwargs))
 
     def sampler(self, epoch: int, skip: int = 0) -> ResumableDistributedSampler:
         """The epoch's index sampler for this rank, skipping ``skip`` indices."""

@@ -14,12 +14,13 @@ Ranks take contiguous parts of the permutation with the padding rule of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from flashsim.layouts import DTYPE
-from loaders.base import BaseLoader, Batch
+from loaders.base import BaseLoader, Batch, LoaderOptions
 from loaders.plan import epoch_rng, rows_yielded, segment
 from loaders.sources import StoreInfo, open_units
 
@@ -36,7 +37,8 @@ class DeviceResidentLoader(BaseLoader):
         store: the located store (:func:`loaders.sources.locate`).
         num_workers: threads decoding zarr chunks while loading (0: 4).
 
-    Other arguments as in :func:`loaders.open`.
+    ``options`` (or keywords): :class:`~loaders.base.LoaderOptions`, as in
+    :func:`loaders.open`.
     """
 
     kind = "resident"
@@ -45,31 +47,13 @@ class DeviceResidentLoader(BaseLoader):
         self,
         store: StoreInfo,
         split: str = "train",
-        *,
-        batch_size: int = 2048,
-        shuffle: bool = True,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        num_workers: int = 0,
+        options: LoaderOptions | None = None,
+        **kwargs: Any,
     ) -> None:
         units = open_units(store, split)
-        super().__init__(
-            store,
-            split,
-            n_rows=units.n_rows,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            device=device,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
+        super().__init__(store, split, units.n_rows, LoaderOptions.of(options, **kwargs))
         rows = np.empty((units.n_rows, self.layout.n_columns), DTYPE)
-        units.read_all(rows, threads=num_workers or 4)
+        units.read_all(rows, threads=self.num_workers or 4)
         host = torch.from_numpy(rows)
         # Two contiguous tensors, so each batch is two plain index_select gathers.
         self.x = host[:, self.layout.targets].contiguous().to(self.device)

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import partial
+from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import Layout
-from loaders.base import BaseLoader, Batch, check_window_options
+from loaders.base import BaseLoader, Batch, LoaderOptions
 from loaders.plan import EpochPlan, chunk_plan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import StoreInfo, WebDatasetUnits, open_units
@@ -155,7 +155,8 @@ class WebDatasetLoader(BaseLoader):
         prefetch: windows prepared ahead (per worker with workers).
         buffer_chunks: samples whose rows are mixed in one shuffle window.
 
-    Other arguments as in :func:`loaders.open`.
+    ``options`` (or keywords): :class:`~loaders.base.LoaderOptions`, as in
+    :func:`loaders.open`.
     """
 
     kind = "webdataset"
@@ -164,40 +165,18 @@ class WebDatasetLoader(BaseLoader):
         self,
         store: StoreInfo,
         split: str = "train",
-        *,
-        batch_size: int = 2048,
-        shuffle: bool = True,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-        num_workers: int = 0,
-        prefetch: int = 2,
-        buffer_chunks: int = 4,
+        options: LoaderOptions | None = None,
+        **kwargs: Any,
     ) -> None:
+        options = LoaderOptions.of(options, **kwargs)
         units = open_units(store, split)
         if not isinstance(units, WebDatasetUnits):
             raise FlashSimError(
                 f"The webdataset loader reads webdataset stores; {store.path} is {store.format}."
             )
-        check_window_options(buffer_chunks, prefetch, num_workers)
-        super().__init__(
-            store,
-            split,
-            n_rows=units.n_rows,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            device=device,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
+        options.check_window()
+        super().__init__(store, split, units.n_rows, options)
         self.units = units
-        self.buffer_chunks = int(buffer_chunks)
-        self.prefetch = int(prefetch)
-        self.num_workers = int(num_workers)
         self._emit = BatchEmitter(self.device, self.layout)
 
     def plan(self, epoch: int) -> EpochPlan:

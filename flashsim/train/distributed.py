@@ -17,7 +17,7 @@ import queue as queue_module
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,28 +175,12 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
         FlashSimError: with the first worker's message when a worker raised one.
     """
     import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
 
-    if nproc < 1:
-        raise FlashSimError(f"--nproc must be >= 1 (got {nproc}).")
-    if env_world_size() > 1 or (dist.is_available() and dist.is_initialized()):
-        raise FlashSimError(
-            "--nproc launches its own processes; it cannot be used inside torchrun or an "
-            "existing process group. Drop --nproc (torchrun already sets the world size)."
-        )
+    _check_launchable(nproc)
     parent_logger = logging.getLogger("flashsim.train")
     log_level = parent_logger.getEffectiveLevel() if parent_logger.handlers else None
-    spawn = mp.get_context("spawn")
-    results = spawn.Queue()
+    results = mp.get_context("spawn").Queue()
     messages: list[tuple] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                messages.append(results.get_nowait())
-            except queue_module.Empty:
-                return
-
     with tempfile.TemporaryDirectory(prefix="flashsim-dist-") as tmp:
         init_method = Path(tmp, "rendezvous").as_uri()
         procs = mp.start_processes(
@@ -206,43 +190,84 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
             join=False,
             start_method="spawn",
         )
-
-        def forward(signum, frame) -> None:
-            for p in procs.processes:
-                if p.is_alive() and p.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(p.pid, signal.SIGINT)
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):
-                previous[sig] = signal.signal(sig, forward)
-        failure: BaseException | None = None
-        # When a worker fails, torch terminates the others and logs each termination;
-        # the worker's own message (below) is what the user needs.
-        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
-        spawn_level = spawn_log.level
-        spawn_log.setLevel(logging.ERROR)
-        try:
-            while True:
-                drain()
-                try:
-                    if procs.join(timeout=0.2):
-                        break
-                except ProcessException as err:
-                    failure = err
-                    break
-        finally:
-            spawn_log.setLevel(spawn_level)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with _forwarded_signals(procs), _quiet_spawn_log():
+            failure = _join(procs, results, messages)
         # Collect what is still in the queue (up to ~2 s for the last messages).
         for _ in range(20):
-            drain()
+            _drain(results, messages)
             if any(m[0] in ("result", "error") for m in messages):
                 break
             with contextlib.suppress(queue_module.Empty):
                 messages.append(results.get(timeout=0.1))
+    return _outcome(messages, failure)
+
+
+def _check_launchable(nproc: int) -> None:
+    if nproc < 1:
+        raise FlashSimError(f"--nproc must be >= 1 (got {nproc}).")
+    if env_world_size() > 1 or (dist.is_available() and dist.is_initialized()):
+        raise FlashSimError(
+            "--nproc launches its own processes; it cannot be used inside torchrun or an "
+            "existing process group. Drop --nproc (torchrun already sets the world size)."
+        )
+
+
+def _drain(results: Any, messages: list[tuple]) -> None:
+    while True:
+        try:
+            messages.append(results.get_nowait())
+        except queue_module.Empty:
+            return
+
+
+@contextlib.contextmanager
+def _forwarded_signals(procs: Any) -> Iterator[None]:
+    """While inside: SIGINT/SIGTERM to this process reach the workers as SIGINT."""
+
+    def forward(signum, frame) -> None:
+        for p in procs.processes:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _quiet_spawn_log() -> Iterator[None]:
+    # When a worker fails, torch terminates the others and logs each termination; the
+    # worker's own message (see _outcome) is what the user needs.
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
+    spawn_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        spawn_log.setLevel(level)
+
+
+def _join(procs: Any, results: Any, messages: list[tuple]) -> BaseException | None:
+    """Wait for the workers, collecting their messages; the failure, if one failed."""
+    from torch.multiprocessing.spawn import ProcessException
+
+    while True:
+        _drain(results, messages)
+        try:
+            if procs.join(timeout=0.2):
+                return None
+        except ProcessException as err:
+            return err
+
+
+def _outcome(messages: list[tuple], failure: BaseException | None) -> Any:
     errors = [m for m in messages if m[0] == "error"]
     if errors:
         err = errors[0][2]
