@@ -26,7 +26,7 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 DEVICES: Choices[DeviceName] = Choices.of("device", DeviceName)
 """The named devices; ``cuda:N`` is accepted besides them."""
 
-DEVICE_METAVAR = "[auto|cpu|cuda|cuda:N]"
+DEVICE_METAVAR = "[auto|cpu|cuda[:N]]"
 
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
 

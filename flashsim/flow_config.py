@@ -11,6 +11,15 @@ from dataclasses import asdict, dataclass, fields
 
 from flashsim.errors import FlashSimError
 
+
+def check_known_keys(cls: type, values: dict, what: str) -> None:
+    """Refuse keys of ``values`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FlashSimError(f"Unknown {what} keys {unknown}; known keys: {sorted(known)}.")
+
+
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "leaky_relu", "gelu")
 """Names of the activation functions of the conditioner networks."""
 
@@ -79,12 +88,7 @@ class FlowConfig:
     @classmethod
     def from_dict(cls, values: dict) -> FlowConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FlashSimError(
-                f"Unknown flow configuration keys {unknown}; known keys: {sorted(known)}."
-            )
+        check_known_keys(cls, values, "flow configuration")
         return cls(**values)
 
     def replace(self, **changes) -> FlowConfig:

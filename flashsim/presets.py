@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flashsim.errors import FlashSimError
-from flashsim.flow_config import FlowConfig
+from flashsim.flow_config import FlowConfig, check_known_keys
 from flashsim.layouts import layout_for
 from flashsim.options import Choices
 
@@ -103,10 +103,7 @@ class HParams:
     @classmethod
     def from_dict(cls, values: dict) -> HParams:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FlashSimError(f"Unknown hyperparameters {unknown}; known: {sorted(known)}.")
+        check_known_keys(cls, values, "hyperparameter")
         return cls(**values)
 
 

@@ -28,13 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from flashsim.errors import FlashSimError
 from flashsim.layouts import DTYPE
-from loaders.base import BaseLoader, Batch, LoaderOptions
-from loaders.plan import EpochPlan, chunk_plan
+from loaders.base import Batch, LoaderOptions
+from loaders.plan import EpochPlan
 from loaders.prefetch import BackgroundIterator
-from loaders.sources import HDF5Units, StoreInfo, ZarrUnits, open_units
-from loaders.windows import BatchEmitter, Product, WindowBuffer, slice_batches
+from loaders.sources import HDF5Units, StoreInfo, ZarrUnits
+from loaders.windows import Product, WindowBuffer, WindowedLoader, slice_batches
 
 
 def default_threads() -> int:
@@ -42,7 +41,7 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class ChunkedZarrLoader(BaseLoader):
+class ChunkedZarrLoader(WindowedLoader):
     """Shuffled batches from a zarr (or HDF5) store, read whole chunk by whole chunk.
 
     Args:
@@ -57,6 +56,10 @@ class ChunkedZarrLoader(BaseLoader):
     """
 
     kind = "chunked"
+    unit_types = (ZarrUnits, HDF5Units)
+    wrong_format = (
+        "The chunked loader reads zarr or HDF5 stores; {path} is {format}. Use kind='webdataset'."
+    )
 
     def __init__(
         self,
@@ -65,33 +68,9 @@ class ChunkedZarrLoader(BaseLoader):
         options: LoaderOptions | None = None,
         **kwargs: Any,
     ) -> None:
-        options = LoaderOptions.of(options, **kwargs)
-        units = open_units(store, split)
-        if not isinstance(units, (ZarrUnits, HDF5Units)):
-            raise FlashSimError(
-                f"The chunked loader reads zarr or HDF5 stores; {store.path} is "
-                f"{store.format}. Use kind='webdataset'."
-            )
-        options.check_window()
-        super().__init__(store, split, units.n_rows, options)
-        self.units = units
+        super().__init__(store, split, options, **kwargs)
         self.threads = self.num_workers or default_threads()
-        self._emit = BatchEmitter(self.device, self.layout)
         self._local = threading.local()  # per decode thread: one chunk of scratch
-
-    def plan(self, epoch: int) -> EpochPlan:
-        """This rank's reading plan for ``epoch``."""
-        return chunk_plan(
-            self.units.unit_rows,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            batch_size=self.batch_size,
-            drop_last=self.drop_last,
-            shuffle=self.shuffle,
-            buffer_chunks=self.buffer_chunks,
-        )
 
     def _order_key(self) -> dict:
         return {

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from flashsim.errors import FlashSimError, StoreError
+from flashsim.errors import StoreError
 from flashsim.layouts import Layout
-from loaders.base import BaseLoader, Batch, LoaderOptions
-from loaders.plan import EpochPlan, chunk_plan
+from loaders.base import Batch
+from loaders.plan import EpochPlan
 from loaders.prefetch import BackgroundIterator
-from loaders.sources import StoreInfo, WebDatasetUnits, open_units
-from loaders.windows import BatchEmitter, Product, WindowBuffer, slice_batches
+from loaders.sources import WebDatasetUnits
+from loaders.windows import Product, WindowBuffer, WindowedLoader, slice_batches
 
 
 def shard_reads(plan: EpochPlan, units: WebDatasetUnits, windows: Iterable[int]) -> Iterator[dict]:
@@ -146,7 +145,7 @@ def in_window_order(items: Iterator[tuple[int, Product]], first: int) -> Iterato
         raise RuntimeError(f"windows {sorted(waiting)} arrived but window {expected} never did")
 
 
-class WebDatasetLoader(BaseLoader):
+class WebDatasetLoader(WindowedLoader):
     """Shuffled batches from a webdataset store (tar shards of row-block samples).
 
     Args:
@@ -160,39 +159,8 @@ class WebDatasetLoader(BaseLoader):
     """
 
     kind = "webdataset"
-
-    def __init__(
-        self,
-        store: StoreInfo,
-        split: str = "train",
-        options: LoaderOptions | None = None,
-        **kwargs: Any,
-    ) -> None:
-        options = LoaderOptions.of(options, **kwargs)
-        units = open_units(store, split)
-        if not isinstance(units, WebDatasetUnits):
-            raise FlashSimError(
-                f"The webdataset loader reads webdataset stores; {store.path} is {store.format}."
-            )
-        options.check_window()
-        super().__init__(store, split, units.n_rows, options)
-        self.units = units
-        self._emit = BatchEmitter(self.device, self.layout)
-
-    def plan(self, epoch: int) -> EpochPlan:
-        """This rank's reading plan for ``epoch`` (shards shuffled as wholes)."""
-        return chunk_plan(
-            self.units.unit_rows,
-            group_sizes=self.units.group_sizes,
-            seed=self.seed,
-            epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            batch_size=self.batch_size,
-            drop_last=self.drop_last,
-            shuffle=self.shuffle,
-            buffer_chunks=self.buffer_chunks,
-        )
+    unit_types = (WebDatasetUnits,)
+    wrong_format = "The webdataset loader reads webdataset stores; {path} is {format}."
 
     def _order_key(self) -> dict:
         return {

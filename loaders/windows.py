@@ -11,18 +11,23 @@ device wants, so that cutting batches from it costs nothing:
   split into ``x``/``y`` there.
 
 Batches are consecutive row ranges of the concatenated products; the few that straddle
-two windows are concatenated (one small copy per window).
+two windows are concatenated (one small copy per window). :class:`WindowedLoader` is
+what the two kinds that read this way (chunked, webdataset) share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from flashsim.errors import StoreError
+from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import DTYPE, Layout
+from loaders.base import BaseLoader, LoaderOptions
+from loaders.plan import EpochPlan, chunk_plan
+from loaders.sources import StoreInfo, open_units
 
 Product = tuple[torch.Tensor, ...]
 
@@ -143,3 +148,47 @@ class BatchEmitter:
         if self.device.type != "cpu":  # e.g. mps: no pinned path, plain copy
             x, y = x.to(self.device), y.to(self.device)
         return x, y
+
+
+class WindowedLoader(BaseLoader):
+    """A loader that reads whole units in shuffled windows of ``buffer_chunks`` units
+    (:func:`loaders.plan.chunk_plan`); subclasses say which units they read and how.
+
+    Attributes:
+        unit_types: the unit classes (:mod:`loaders.sources`) this kind reads.
+        wrong_format: the error for another store format (``{path}``, ``{format}``).
+    """
+
+    unit_types: tuple[type, ...] = ()
+    wrong_format = ""
+
+    def __init__(
+        self,
+        store: StoreInfo,
+        split: str = "train",
+        options: LoaderOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = LoaderOptions.of(options, **kwargs)
+        units = open_units(store, split)
+        if not isinstance(units, self.unit_types):
+            raise FlashSimError(self.wrong_format.format(path=store.path, format=store.format))
+        options.check_window()
+        super().__init__(store, split, units.n_rows, options)
+        self.units = units
+        self._emit = BatchEmitter(self.device, self.layout)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """This rank's reading plan for ``epoch``."""
+        return chunk_plan(
+            self.units.unit_rows,
+            group_sizes=getattr(self.units, "group_sizes", None),
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            shuffle=self.shuffle,
+            buffer_chunks=self.buffer_chunks,
+        )
