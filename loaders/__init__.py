@@ -40,8 +40,6 @@ from loaders.webdataset_loader import WebDatasetLoader
 
 KINDS: tuple[str, ...] = LOADER_KINDS
 
-Loader = BaseLoader
-
 _LOADER_CLASSES: dict[str, type[BaseLoader]] = {
     "chunked": ChunkedZarrLoader,
     "webdataset": WebDatasetLoader,
@@ -152,9 +150,9 @@ def _auto_kind(store: StoreInfo, split: str, device: torch.device, budget: int |
 
 __all__ = [
     "KINDS",
+    "BaseLoader",
     "ChunkedZarrLoader",
     "DeviceResidentLoader",
-    "Loader",
     "LoaderOptions",
     "OriginalJetsDataset",
     "OriginalLoader",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashsim.store import DEFAULT_DATA_DIR
+from flashsim.presets import PresetName
+from flashsim.store import DEFAULT_DATA_DIR, LoaderKind
 
 __all__ = ["TrainConfig", "TrainResult"]
 
@@ -22,11 +23,11 @@ class TrainConfig:
         object: ``"jets"`` or ``"muons"``.
         data: a store (``shards/jets.zarr``) or a directory of stores (``shards/``).
         out: run directory (checkpoints, metrics, plots); default ``runs/<object>``.
-        preset: ``"small"`` or ``"paper"``.
+        preset: one of :data:`flashsim.presets.PRESETS` (``"small"``, ``"paper"``).
         epochs, batch_size, lr, seed: override the preset (batch size is per process).
         flow: overrides of :class:`~flashsim.model.FlowConfig` fields, e.g.
             ``{"hidden_features": 128, "num_bins": 32}``.
-        loader: loader kind passed to :func:`loaders.open`.
+        loader: loader kind passed to :func:`loaders.open` (:data:`flashsim.store.LOADER_KINDS`).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
             (:func:`flashsim.devices.parse_device`).
         resume: continue from ``out/checkpoints/last.pt``.
@@ -52,13 +53,13 @@ class TrainConfig:
     object: str
     data: str | Path = DEFAULT_DATA_DIR
     out: str | Path | None = None
-    preset: str | None = None
+    preset: PresetName | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     seed: int | None = None
     flow: dict = field(default_factory=dict)
-    loader: str = "auto"
+    loader: LoaderKind = "auto"
     device: str = "auto"
     resume: bool = False
     checkpoint_every: int = 0
