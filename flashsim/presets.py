@@ -90,11 +90,22 @@ class HParams:
             raise FlashSimError("Invalid training options: " + "; ".join(problems) + ".")
 
     @classmethod
-    def of(cls, preset: Preset, seed: int = 0, **overrides: float | None) -> HParams:
-        """The preset's values with the non-``None`` ``overrides`` (epochs, batch_size, lr)."""
-        values = {"epochs": preset.epochs, "batch_size": preset.batch_size, "lr": preset.lr}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(preset=preset.name, seed=seed, **values)
+    def of(
+        cls,
+        preset: Preset,
+        seed: int = 0,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+    ) -> HParams:
+        """The preset's values, each overridden where the argument is not ``None``."""
+        return cls(
+            preset=preset.name,
+            epochs=preset.epochs if epochs is None else epochs,
+            batch_size=preset.batch_size if batch_size is None else batch_size,
+            lr=preset.lr if lr is None else lr,
+            seed=seed,
+        )
 
     def to_dict(self) -> dict:
         """Plain dictionary (JSON- and checkpoint-safe)."""

@@ -25,7 +25,7 @@ All kinds read only the store format (:mod:`flashsim.store`), never ``pipelines`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,9 +38,9 @@ from loaders.resident import DeviceResidentLoader, split_bytes
 from loaders.sources import StoreInfo, locate, open_units
 from loaders.webdataset_loader import WebDatasetLoader
 
-KINDS: tuple[str, ...] = LOADER_KINDS
+KINDS = LOADER_KINDS
 
-_LOADER_CLASSES: dict[str, type[BaseLoader]] = {
+_LOADER_CLASSES: dict[str, Callable[[StoreInfo, str, LoaderOptions], BaseLoader]] = {
     "chunked": ChunkedZarrLoader,
     "webdataset": WebDatasetLoader,
     "resident": DeviceResidentLoader,

@@ -56,6 +56,7 @@ class ChunkedZarrLoader(WindowedLoader):
     """
 
     kind = "chunked"
+    units: ZarrUnits | HDF5Units
     unit_types = (ZarrUnits, HDF5Units)
     wrong_format = (
         "The chunked loader reads zarr or HDF5 stores; {path} is {format}. Use kind='webdataset'."

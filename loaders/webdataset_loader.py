@@ -159,6 +159,7 @@ class WebDatasetLoader(WindowedLoader):
     """
 
     kind = "webdataset"
+    units: WebDatasetUnits
     unit_types = (WebDatasetUnits,)
     wrong_format = "The webdataset loader reads webdataset stores; {path} is {format}."
 

@@ -58,6 +58,7 @@ class RunProgress:
             restore_rng_state(saved.rng[ctx.rank])
         progress = cls(list(saved.history), float(saved.best_val_loss), int(saved.epochs_done))
         if saved.mid_epoch:
+            assert saved.epoch_progress is not None and saved.loader is not None
             progress.epoch = EpochProgress(**saved.epoch_progress[ctx.rank])
             progress.loader_state = saved.loader["states"][ctx.rank]
         return progress
@@ -125,6 +126,7 @@ class RunCheckpoints:
         ranks)`` to ``last.pt`` (and copies it to ``best.pt``/``epoch-NNNN.pt``)."""
         mine: dict = {"rng": capture_rng_state()}
         if mid_epoch:
+            assert progress.epoch is not None
             mine["loader"] = progress.loader_state
             mine["progress"] = dataclasses.asdict(progress.epoch)
         ranks = distributed.gather_objects(mine, self.ctx)

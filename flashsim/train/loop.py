@@ -9,9 +9,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
+from nflows.flows import Flow
 from torch import nn
 
 from flashsim.errors import FlashSimError
@@ -36,7 +38,7 @@ class NegLogLikelihood(nn.Module):
     """``forward(x, y)`` = per-row ``-log p(x | y)``, shape ``(B,)``: the module DDP wraps
     (``Flow.log_prob`` is not ``forward``, so DDP could not hook it directly)."""
 
-    def __init__(self, flow: nn.Module) -> None:
+    def __init__(self, flow: Flow) -> None:
         super().__init__()
         self.flow = flow
 
@@ -49,7 +51,7 @@ class Trainable:
     """What the optimiser works on: the flow, the module trained (the flow's negative
     log-likelihood, DDP-wrapped and compiled as asked), Adam and its cosine schedule."""
 
-    flow: nn.Module
+    flow: Flow
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -76,7 +78,7 @@ class StepTrace:
     def __init__(self, out: Path, rank: int, flow: nn.Module) -> None:
         self.path = out / TRACE_DIR / f"rank{rank}.jsonl"
         self.flow = flow
-        self._file = None
+        self._file: TextIO | None = None
 
     def write(self, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._file is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -124,7 +125,7 @@ def open_loaders(config: TrainConfig, hp: HParams, ctx: DistContext, device: tor
     """
     import loaders
 
-    common = {
+    common: dict[str, Any] = {
         "object": config.object,
         "kind": config.loader,
         "seed": hp.seed,

@@ -30,6 +30,7 @@ import random
 import shlex
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -126,6 +127,7 @@ class _Run:
         np.random.seed((seed + self.ctx.rank) % 2**32)  # noqa: NPY002 (legacy global RNG)
         random.seed(seed + self.ctx.rank)
         if saved is not None:
+            assert saved.optimizer is not None and saved.scheduler is not None
             flow.load_state_dict(saved.model)
             optimizer.load_state_dict(saved.optimizer)
             scheduler.load_state_dict(saved.scheduler)
@@ -145,7 +147,7 @@ class _Run:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if self.config.compile:
-            model = torch.compile(model)
+            model = cast(nn.Module, torch.compile(model))
         return model
 
     # -- checkpoints ---------------------------------------------------------------
