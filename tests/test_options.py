@@ -17,6 +17,7 @@ from flashsim.model import build_flow
 from flashsim.options import Choices
 from flashsim.presets import PRESETS, HParams, get_preset
 from flashsim.store import LOADER_KINDS
+from loaders.sources import KIND_FORMATS
 
 
 def test_choices_normalise_aliases_and_list_the_valid_values():
@@ -29,6 +30,7 @@ def test_choices_normalise_aliases_and_list_the_valid_values():
     with pytest.raises(ValueError, match="unknown values"):
         Choices("shade", ("dark",), aliases={"l": "light"})
     assert PRESETS.normalize("paper") == "paper"
+    assert tuple(KIND_FORMATS) == LOADER_KINDS.values  # every kind says what it reads
     with pytest.raises(FlashSimError, match="Unknown loader kind 'fast'; choose one of auto, "):
         LOADER_KINDS.normalize("fast")
 

@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from flashsim.train import distributed
 from flashsim.train.checkpointing import EpochProgress, RunProgress
 from flashsim.train.config import TrainConfig
 from flashsim.train.interrupt import StopRequest
+
+if TYPE_CHECKING:
+    from loaders.base import BaseLoader
 
 TRACE_DIR = "trace"
 
@@ -153,8 +156,8 @@ class EpochLoop:
         ctx: distributed.DistContext,
         device: torch.device,
         parts: Trainable,
-        train_loader,
-        val_loader,
+        train_loader: BaseLoader,
+        val_loader: BaseLoader,
         progress: RunProgress,
         epochs: int,
         last_checkpoint: Path,
@@ -220,6 +223,7 @@ class EpochLoop:
             steps_total = min(steps_total, int(self.config.max_steps_per_epoch))
         self.train_loader.set_epoch(epoch)
         if self.progress.epoch is not None:
+            assert self.progress.loader_state is not None  # saved with the epoch's totals
             acc = self.progress.epoch
             self.train_loader.load_state_dict(self.progress.loader_state)
             self.progress.loader_state = None
@@ -229,7 +233,7 @@ class EpochLoop:
         self.parts.model.train()
         return acc, steps_total
 
-    def _progress_bar(self, epoch: int, total: int, initial: int):
+    def _progress_bar(self, epoch: int, total: int, initial: int) -> Any:
         from tqdm.auto import tqdm
 
         return tqdm(
@@ -264,7 +268,16 @@ class EpochLoop:
         if self.trace is not None:
             self.trace.write(epoch, acc.steps, x, y)
 
-    def _sync(self, epoch, acc, loss_acc, clock, stop, bar, started) -> None:
+    def _sync(
+        self,
+        epoch: int,
+        acc: EpochProgress,
+        loss_acc: torch.Tensor,
+        clock: _ComputeClock,
+        stop: StopRequest,
+        bar: Any,
+        started: float,
+    ) -> None:
         """A host sync: check the loss is finite and (with all ranks) for a stop request.
 
         Raises:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from flashsim.presets import DEFAULT_PRESET, HParams, get_preset
 from flashsim.store import LOADER_KINDS, check_store, find_store, read_metadata
 from flashsim.train.config import TrainConfig
 from flashsim.train.distributed import DistContext
+
+if TYPE_CHECKING:
+    from loaders.base import BaseLoader
 
 log = logging.getLogger("flashsim.train")
 
@@ -117,7 +120,9 @@ def _refuse_conflicts(config: TrainConfig, hp: HParams, flow: FlowConfig) -> Non
         )
 
 
-def open_loaders(config: TrainConfig, hp: HParams, ctx: DistContext, device: torch.device):
+def open_loaders(
+    config: TrainConfig, hp: HParams, ctx: DistContext, device: torch.device
+) -> tuple[BaseLoader, BaseLoader, HParams]:
     """``(train loader, val loader, hp)``: the store's two splits for this rank.
 
     A store with fewer training rows than one batch per process trains on whole-store
