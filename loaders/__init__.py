@@ -25,7 +25,7 @@ All kinds read only the store format (:mod:`flashsim.store`), never ``pipelines`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ from loaders.webdataset_loader import WebDatasetLoader
 
 KINDS = LOADER_KINDS
 
-_LOADER_CLASSES: dict[str, Callable[[StoreInfo, str, LoaderOptions], BaseLoader]] = {
+_LOADER_CLASSES: dict[str, type[BaseLoader]] = {
     "chunked": ChunkedZarrLoader,
     "webdataset": WebDatasetLoader,
     "resident": DeviceResidentLoader,

@@ -89,7 +89,10 @@ class LoaderOptions:
 
 
 class BaseLoader:
-    """Common state of all loader kinds; subclasses implement :meth:`_batches`.
+    """Common state of all loader kinds; subclasses implement :meth:`_open` (and, if
+    they need it, :meth:`_ready`) and :meth:`_batches`. Every kind is built as
+    ``Kind(store, split, options)`` or ``Kind(store, split, **keywords)``
+    (:class:`LoaderOptions`).
 
     Attributes:
         kind: the loader kind (``"chunked"``, ``"resident"``, ...).
@@ -101,7 +104,15 @@ class BaseLoader:
 
     kind = ""
 
-    def __init__(self, store: StoreInfo, split: str, n_rows: int, options: LoaderOptions) -> None:
+    def __init__(
+        self,
+        store: StoreInfo,
+        split: str = "train",
+        options: LoaderOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = LoaderOptions.of(options, **kwargs)
+        n_rows = self._open(store, split, options)
         if int(options.batch_size) < 1:
             raise FlashSimError(
                 f"batch_size must be a positive number of rows, got {options.batch_size}."
@@ -127,6 +138,14 @@ class BaseLoader:
         self.epoch = 0
         self._resume_from = 0
         self._consumed = 0
+        self._ready()
+
+    def _open(self, store: StoreInfo, split: str, options: LoaderOptions) -> int:
+        """Open the split (checking the store and the kind's options); its row count."""
+        raise NotImplementedError
+
+    def _ready(self) -> None:
+        """Set up what needs the common attributes (``device``, ``layout``, ...)."""
 
     # ---------------------------------------------------------------- contract
 

@@ -24,15 +24,14 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 from flashsim.layouts import DTYPE
-from loaders.base import Batch, LoaderOptions
+from loaders.base import Batch
 from loaders.plan import EpochPlan
 from loaders.prefetch import BackgroundIterator
-from loaders.sources import HDF5Units, StoreInfo, ZarrUnits
+from loaders.sources import HDF5Units, ZarrUnits
 from loaders.windows import Product, WindowBuffer, WindowedLoader, slice_batches
 
 
@@ -62,14 +61,8 @@ class ChunkedZarrLoader(WindowedLoader):
         "The chunked loader reads zarr or HDF5 stores; {path} is {format}. Use kind='webdataset'."
     )
 
-    def __init__(
-        self,
-        store: StoreInfo,
-        split: str = "train",
-        options: LoaderOptions | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(store, split, options, **kwargs)
+    def _ready(self) -> None:
+        super()._ready()
         self.threads = self.num_workers or default_threads()
         self._local = threading.local()  # per decode thread: one chunk of scratch
 

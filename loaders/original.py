@@ -164,24 +164,28 @@ class OriginalLoader(BaseLoader):
         limit: int | None = None,
         **kwargs: Any,
     ) -> None:
+        self.kind = kind
+        self.limit = limit
+        super().__init__(store, split, options, **kwargs)
+
+    def _open(self, store: StoreInfo, split: str, options: LoaderOptions) -> int:
         if split not in HDF5_SPLIT_DATASETS:
             raise FlashSimError(f"Unknown split {split!r}; choose one of train, val.")
         name = HDF5_SPLIT_DATASETS[split]
         paths = [str(p) for p in store.paths]
         try:
-            if kind == "original-jets":
-                self.dataset: Dataset = OriginalJetsDataset(paths, limit=limit, dataset=name)
+            if self.kind == "original-jets":
+                self.dataset: Dataset = OriginalJetsDataset(paths, limit=self.limit, dataset=name)
             else:
                 self.dataset = OriginalMuonsDataset(
-                    paths, limit=-1 if limit is None else limit, dataset=name
+                    paths, limit=-1 if self.limit is None else self.limit, dataset=name
                 )
         except (OSError, KeyError) as err:
             raise FlashSimError(
                 f"Cannot read the {name!r} dataset of {', '.join(paths)} ({err}); the original "
                 "datasets need HDF5 stores written by `flashsim prep --format hdf5`."
             ) from None
-        self.kind = kind
-        super().__init__(store, split, len(self.dataset), LoaderOptions.of(options, **kwargs))
+        return len(self.dataset)
 
     def sampler(self, epoch: int, skip: int = 0) -> ResumableDistributedSampler:
         """The epoch's index sampler for this rank, skipping ``skip`` indices."""

@@ -14,7 +14,6 @@ Ranks take contiguous parts of the permutation with the padding rule of
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,15 +42,13 @@ class DeviceResidentLoader(BaseLoader):
 
     kind = "resident"
 
-    def __init__(
-        self,
-        store: StoreInfo,
-        split: str = "train",
-        options: LoaderOptions | None = None,
-        **kwargs: Any,
-    ) -> None:
-        units = open_units(store, split)
-        super().__init__(store, split, units.n_rows, LoaderOptions.of(options, **kwargs))
+    def _open(self, store: StoreInfo, split: str, options: LoaderOptions) -> int:
+        self._units = open_units(store, split)
+        return self._units.n_rows
+
+    def _ready(self) -> None:
+        units = self._units
+        del self._units  # only needed to load the rows
         rows = np.empty((units.n_rows, self.layout.n_columns), DTYPE)
         units.read_all(rows, threads=self.num_workers or 4)
         host = torch.from_numpy(rows)

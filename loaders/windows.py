@@ -18,7 +18,6 @@ what the two kinds that read this way (chunked, webdataset) share.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -162,20 +161,15 @@ class WindowedLoader(BaseLoader):
     unit_types: tuple[type, ...] = ()
     wrong_format = ""
 
-    def __init__(
-        self,
-        store: StoreInfo,
-        split: str = "train",
-        options: LoaderOptions | None = None,
-        **kwargs: Any,
-    ) -> None:
-        options = LoaderOptions.of(options, **kwargs)
+    def _open(self, store: StoreInfo, split: str, options: LoaderOptions) -> int:
         units = open_units(store, split)
         if not isinstance(units, self.unit_types):
             raise FlashSimError(self.wrong_format.format(path=store.path, format=store.format))
         options.check_window()
-        super().__init__(store, split, units.n_rows, options)
         self.units = units
+        return units.n_rows
+
+    def _ready(self) -> None:
         self._emit = BatchEmitter(self.device, self.layout)
 
     def plan(self, epoch: int) -> EpochPlan:
