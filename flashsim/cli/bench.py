@@ -28,7 +28,7 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 )
 @click.option(
     "--object",
-    "obj",
+    "object",
     type=click.Choice(OBJECTS),
     default="jets",
     show_default=True,
@@ -36,7 +36,7 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 )
 @click.option(
     "--loaders",
-    "loader_list",
+    "loaders",
     callback=_split_list,
     default=None,
     help="Comma-separated loader kinds, e.g. original-jets,chunked,resident. "
@@ -134,26 +134,13 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def bench_loader(
-    data,
-    obj,
-    loader_list,
-    model,
-    modes,
-    batch_size,
-    steps,
-    load_steps,
-    warmup,
-    repeats,
-    device,
-    workers,
-    threads,
-    rows,
-    seed,
-    out_dir,
-    json_path,
-    plot_path,
-    quick,
-    progress,
+    data: Path | None,
+    out_dir: Path,
+    json_path: Path | None,
+    plot_path: Path | None,
+    quick: bool,
+    progress: bool,
+    **options,
 ) -> None:
     """Compare every loader, the original per-row datasets included.
 
@@ -173,24 +160,8 @@ def bench_loader(
     """
     from flashsim.bench import BenchConfig, default_output_paths, format_table, plot, run_benchmark
 
-    options = {
-        "object": obj,
-        "loaders": loader_list,
-        "model": model,
-        "modes": modes,
-        "batch_size": batch_size,
-        "steps": steps,
-        "load_steps": load_steps,
-        "warmup": warmup,
-        "repeats": repeats,
-        "device": device,
-        "workers": workers,
-        "threads": threads,
-        "data": str(data) if data else None,
-        "cache_dir": str(out_dir / "data"),
-        "rows": rows,
-        "seed": seed,
-    }
+    # The other options are BenchConfig fields by name.
+    options.update(data=str(data) if data else None, cache_dir=str(out_dir / "data"))
     if quick:
         cfg = BenchConfig.quick_config(**options)
     else:
