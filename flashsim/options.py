@@ -5,7 +5,10 @@ values (what code writes instead of the bare string), and a :class:`Choices` reg
 built from the ``Literal``: the one normaliser, the one error listing the valid values,
 and the click ``Choice`` of the CLI (in the spirit of uproot's ``_regularize_library``).
 
-Torch- and click-free at import, so the CLI's ``--help`` stays fast.
+Torch- and click-free at import, so the CLI's ``--help`` stays fast. Registries that
+belong to a module live there, built from this class: presets
+(:data:`flashsim.presets.PRESETS`), loader kinds (:data:`flashsim.store.LOADER_KINDS`)
+and named devices (:data:`flashsim.devices.DEVICES`, with the one ``--device`` parser).
 
 Examples
 --------

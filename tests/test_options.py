@@ -20,15 +20,13 @@ from flashsim.store import LOADER_KINDS
 from loaders.sources import KIND_FORMATS
 
 
-def test_choices_normalise_aliases_and_list_the_valid_values():
+def test_registries_normalise_list_the_valid_values_and_build_the_click_choice():
     Shade = Literal["dark", "light"]
-    shades = Choices("shade", get_args(Shade), aliases={"d": "dark"})
-    assert shades.normalize("light") == "light" and shades.normalize("d") == "dark"
-    assert list(shades) == ["dark", "light"] and "d" in shades and len(shades) == 2
+    shades = Choices.of("shade", Shade)
+    assert shades.normalize("light") == "light" and list(shades) == list(get_args(Shade))
     with pytest.raises(FlashSimError, match=r"Unknown shade 'grey'; choose one of dark, light\."):
         shades.normalize("grey")
-    with pytest.raises(ValueError, match="unknown values"):
-        Choices("shade", ("dark",), aliases={"l": "light"})
+    assert list(PRESETS.click_choice("none").choices) == ["paper", "small", "none"]
     assert PRESETS.normalize("paper") == "paper"
     assert tuple(KIND_FORMATS) == LOADER_KINDS.values  # every kind says what it reads
     with pytest.raises(FlashSimError, match="Unknown loader kind 'fast'; choose one of auto, "):
