@@ -28,13 +28,17 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from flashsim import __version__
 from flashsim.errors import StoreError
 from flashsim.layouts import Layout, layout_for
 from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR, Choices
 
 FORMATS: tuple[str, ...] = STORE_FORMATS.values
 SPLITS: tuple[str, ...] = ("train", "val")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written. 2 added ``integrity`` (per-chunk row counts and checksums,
+:mod:`flashsim.integrity`); version 1 stores still open but cannot be verified."""
+KNOWN_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 META_KEY = "flashsim"
 WDS_MANIFEST = "manifest.json"
 HDF5_SPLIT_DATASETS = {"train": "data", "val": "val"}
@@ -97,7 +101,29 @@ def read_metadata(path: str | os.PathLike) -> dict:
             f"{p} has no readable flashsim metadata ({type(err).__name__}: {err}); it was not "
             "written by `flashsim prep` or is damaged. Re-create it with `flashsim prep`."
         ) from None
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"{p} has damaged flashsim metadata (a {type(meta).__name__}, not a mapping). "
+            "Re-create the store with `flashsim prep`."
+        )
+    check_format_version(meta, p)
     return meta
+
+
+def check_format_version(meta: dict, path: str | os.PathLike) -> int:
+    """The store format version of ``meta``; a version this flashsim does not know is refused.
+
+    Metadata without ``format_version`` (hand-made stores, as in the tests) reads as 1.
+    """
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or version not in KNOWN_FORMAT_VERSIONS:
+        known = ", ".join(map(str, KNOWN_FORMAT_VERSIONS))
+        raise StoreError(
+            f"{path} has store format version {version!r}, which this flashsim "
+            f"({__version__}) does not know (it reads versions {known}). Use the flashsim "
+            "version that wrote it, or re-create the store with `flashsim prep`."
+        )
+    return version
 
 
 def store_layout(meta: dict, expected_object: str | None = None, path: str = "") -> Layout:
@@ -110,8 +136,15 @@ def store_layout(meta: dict, expected_object: str | None = None, path: str = "")
             f"{store_path(Path(path).parent if path else DEFAULT_DATA_DIR, expected_object, meta.get('format', 'zarr'))}) instead."
         )
     layout = layout_for(obj) if obj in ("jets", "muons") else None
-    columns = meta.get("layout", {}).get("columns")
-    if layout is None or columns is None or len(columns) != layout.n_columns:
+    stored = meta.get("layout")
+    columns = stored.get("columns") if isinstance(stored, dict) else None
+    if not isinstance(columns, list):
+        raise StoreError(
+            f"{path or 'The store'} has damaged metadata: 'layout' is "
+            f"{type(stored).__name__} {str(stored)[:40]!r}, not a mapping with a list of "
+            "columns. Re-create the store with `flashsim prep`."
+        )
+    if layout is None or len(columns) != layout.n_columns:
         raise StoreError(
             f"{path or 'The store'} has an unknown layout (object {obj!r}, "
             f"{len(columns or [])} columns); flashsim knows jets (31) and muons (52)."

@@ -55,13 +55,10 @@ def shard_reads(plan: EpochPlan, units: WebDatasetUnits, windows: Iterable[int])
 
 def read_wanted(reads: Iterator[dict], units: WebDatasetUnits) -> Iterator[tuple]:
     """Pipeline stage: ``(window, dest_row, rows)`` for every wanted row range."""
-    import webdataset as wds
-
     for read in reads:
         wanted = read["wanted"]
         last = max(wanted)
-        samples = wds.DataPipeline(wds.SimpleShardList([read["url"]]), wds.tarfile_to_samples())
-        for pos, sample in enumerate(samples):
+        for pos, sample in enumerate(units.samples(read["url"])):
             if pos in wanted:
                 rows = units.decode(sample, read["url"])
                 for lo, hi, dest in wanted[pos]:

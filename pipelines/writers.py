@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flashsim.integrity import ChunkLog
 from flashsim.layouts import DTYPE
 from flashsim.outputs import atomic_output
 from flashsim.store import (
@@ -70,6 +71,7 @@ class StoreWriter:
         self.rows = dict.fromkeys(SPLITS, 0)
         self._pending: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self._pending_rows = dict.fromkeys(SPLITS, 0)
+        self._chunks = ChunkLog(SPLITS)
         self._open()
 
     def append(self, split: str, rows: np.ndarray) -> None:
@@ -92,6 +94,7 @@ class StoreWriter:
         for start in range(0, cut, self.chunk_rows):
             chunk = block[start : min(start + self.chunk_rows, cut)]
             self._write_chunk(split, chunk)
+            self._chunks.add(split, chunk)
             self.rows[split] += len(chunk)
         rest = block[cut:]
         self._pending[split] = [rest] if len(rest) else []
@@ -103,13 +106,16 @@ class StoreWriter:
             self._flush(split, final=True)
         if self.metadata is None:
             raise RuntimeError("StoreWriter.metadata must be set before close()")
-        meta = {
-            "format_version": FORMAT_VERSION,
-            **self.metadata,
-            "format": self.format,
-            "rows": dict(self.rows),
-            "chunk_rows": self.chunk_rows,
-        }
+        # Set after the caller's keys, so that metadata copied from another store
+        # (bench's derived stores) cannot carry that store's version or chunk record.
+        meta = {"format_version": FORMAT_VERSION, **self.metadata}
+        meta.update(
+            format_version=FORMAT_VERSION,
+            format=self.format,
+            rows=dict(self.rows),
+            chunk_rows=self.chunk_rows,
+            integrity=self._chunks.to_dict(),
+        )
         self._finish(meta)
 
     def _open(self) -> None:
@@ -142,6 +148,9 @@ class ZarrWriter(StoreWriter):
                 dtype=DTYPE,
                 compressors=codec,
                 fill_value=0.0,
+                # zarr leaves out chunks equal to the fill value by default; write them
+                # all, so that an absent chunk file always means a damaged store.
+                config={"write_empty_chunks": True},
             )
             for split in SPLITS
         }
