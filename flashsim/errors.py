@@ -10,7 +10,23 @@ from __future__ import annotations
 
 
 class FlashSimError(Exception):
-    """An error the user can act on; ``str(err)`` is the whole message."""
+    """An error the user can act on; ``str(err)`` is the whole message.
+
+    torch's DataLoader re-raises a worker's exception as ``type(err)(text)`` where the
+    text is "Caught StoreError in DataLoader worker process 0. Original Traceback ...";
+    the original one-paragraph message is recovered from it (no traceback for the user).
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(_unwrap_worker_message(str(message), type(self)), *args)
+
+
+def _unwrap_worker_message(text: str, cls: type) -> str:
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker) :].strip() if at >= 0 else text
 
 
 class InputError(FlashSimError):

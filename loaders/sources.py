@@ -112,7 +112,37 @@ def locate(
     layout = store_layout(metas[0], expected_object=obj, path=str(paths[0]))
     for p, m in zip(paths[1:], metas[1:], strict=True):
         store_layout(m, expected_object=layout.object, path=str(p))
+    for p in paths:
+        if detect_format(p) == "hdf5":
+            _check_hdf5_datasets(p, layout)
     return StoreInfo(paths=paths, format=detect_format(paths[0]), metadata=metas[0], layout=layout)
+
+
+def _check_hdf5_datasets(path: Path, layout: Layout) -> None:
+    """Refuse an HDF5 store whose split datasets are absent or not float32 (N, n_columns)
+    (every HDF5 reader, the original loaders included, assumes that)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            found = {n: f.get(n) for n in HDF5_SPLIT_DATASETS.values()}
+            bad = {
+                n: f"{getattr(d, 'dtype', 'nothing')} {getattr(d, 'shape', '')}".strip()
+                for n, d in found.items()
+                if not isinstance(d, h5py.Dataset)
+                or d.dtype != DTYPE
+                or d.ndim != 2
+                or d.shape[1] != layout.n_columns
+            }
+    except OSError as err:
+        raise StoreError(f"{path} cannot be opened by HDF5 ({err}); re-create it.") from None
+    if bad:
+        name, what = next(iter(bad.items()))
+        raise StoreError(
+            f"{path}:{name} holds {what}; expected float32 (N, {layout.n_columns}). The store "
+            "is damaged or was not written by flashsim; re-create it with "
+            "`flashsim prep --format hdf5`."
+        )
 
 
 def _store_for(data: str | os.PathLike, kind: str, obj: str | None) -> Path:
@@ -409,9 +439,11 @@ class WebDatasetUnits:
         try:
             yield from pipeline
         except (OSError, tarfile.TarError, EOFError) as err:
+            # webdataset re-raises with (message, stream, url) as args
+            reason = str(err.args[0] if err.args else err).split(" @ <")[0]
             raise StoreError(
-                f"Shard {shard} cannot be read ({type(err).__name__}: {err}); it is truncated "
-                f"or damaged. {_DAMAGED_ADVICE}"
+                f"Shard {shard} cannot be read ({type(err).__name__}: {reason}); it is "
+                f"truncated or damaged. {_DAMAGED_ADVICE}"
             ) from None
 
     def _check_sample(self, sample: dict, rows: np.ndarray, shard) -> None:

@@ -63,6 +63,8 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
     Raises:
         InputError: no ``data`` dataset, not 2-D, or neither 31 nor 52 columns.
     """
+    import h5py
+
     p = Path(path)
     with _open(p) as f:
         if DATA not in f or not hasattr(f[DATA], "shape"):
@@ -72,7 +74,13 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
                 "flashsim prep reads FlashSim HDF5 files, whose rows are in 'data' "
                 "(31 columns for jets, 52 for muons)."
             )
-        shape = f[DATA].shape
+        shape, dtype = f[DATA].shape, f[DATA].dtype
+        if dtype.kind not in "fiu":
+            raise InputError(
+                f"{p}: the 'data' dataset holds {dtype} values, not numbers. FlashSim HDF5 "
+                "rows are float32 (31 columns for jets, 52 for muons); pass NanoAOD ROOT "
+                "files to build such a file."
+            )
         layout = layout_for_width(shape[1]) if len(shape) == 2 else None
         if layout is None:
             raise InputError(
@@ -87,7 +95,13 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
             except (TypeError, ValueError):
                 meta = None
         n_val = 0
-        if meta is not None and VAL in f and f[VAL].shape[1:] == shape[1:]:
+        val = f.get(VAL)
+        if (
+            meta is not None
+            and isinstance(val, h5py.Dataset)
+            and val.shape[1:] == shape[1:]
+            and val.dtype.kind in "fiu"
+        ):
             n_val = int(f[VAL].shape[0])
     return HDF5Info(p, layout, int(shape[0]), n_val, meta)
 
@@ -104,10 +118,21 @@ def iterate_row_steps(
     with _open(info.path) as f:
         for lo in range(start, stop, step_rows):
             hi = min(lo + step_rows, stop)
-            parts = []
-            if lo < info.n_data:
-                parts.append(f[DATA][lo : min(hi, info.n_data)])
-            if hi > info.n_data:
-                parts.append(f[VAL][max(lo, info.n_data) - info.n_data : hi - info.n_data])
-            rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            yield lo // step_rows, np.asarray(rows, dtype=DTYPE)
+            yield lo // step_rows, _read_rows(f, info, lo, hi)
+
+
+def _read_rows(f, info: HDF5Info, lo: int, hi: int) -> np.ndarray:
+    """Rows ``[lo, hi)`` of ``data`` then ``val`` as float32; a damaged file is an InputError."""
+    try:
+        parts = []
+        if lo < info.n_data:
+            parts.append(f[DATA][lo : min(hi, info.n_data)])
+        if hi > info.n_data:
+            parts.append(f[VAL][max(lo, info.n_data) - info.n_data : hi - info.n_data])
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.asarray(rows, dtype=DTYPE)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(
+            f"Cannot read rows {lo} to {hi - 1} of {info.path} ({type(err).__name__}: {err}); "
+            "the file is damaged or was changed since prep inspected it. Copy it again."
+        ) from None
