@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -29,6 +30,80 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flashsim.errors import StoreError
+
+_ADVICE = {
+    errno.ENOSPC: "the file system is full: free space there or choose another --out",
+    errno.EDQUOT: "the disk quota is exhausted: free space or choose another --out",
+    errno.EFBIG: "the file is larger than that file system allows: choose another --out",
+    errno.EROFS: "that file system is read-only: choose a writable --out",
+    errno.EACCES: "you may not write there: choose a writable --out or fix the permissions",
+    errno.EPERM: "you may not write there: choose a writable --out or fix the permissions",
+    errno.ENOTDIR: "a part of that path is a file, not a directory: choose another --out",
+    errno.ENOENT: "its directory cannot be created there: choose another --out",
+}
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+"""Errors that only writing causes: raised inside an output block, they concern the output."""
+
+
+def _is_short_write(err: OSError) -> bool:
+    # numpy's tofile and some C writers report a full disk as "N requested and M written"
+    return err.errno is None and "requested and" in str(err) and "written" in str(err)
+
+
+def output_error(err: OSError, path: str | os.PathLike) -> StoreError:
+    """A one-paragraph :class:`StoreError` for ``err`` raised while writing ``path``:
+    which path, what the system said, what to do."""
+    code = errno.ENOSPC if _is_short_write(err) else err.errno
+    said = err.strerror or str(err)
+    if _is_short_write(err):
+        said = f"{err} (a short write: the disk is full)"
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    advice = _ADVICE.get(code, "check the path, the free space and the permissions, and retry")
+    return StoreError(f"Cannot write {path}{where}: {said}. Nothing was written there; {advice}.")
+
+
+def system_error_message(err: OSError) -> str:
+    """One paragraph for an ``OSError`` no flashsim code translated (the CLI's last resort)."""
+    where = f"{err.filename}: " if err.filename else ""
+    said = err.strerror or str(err) or type(err).__name__
+    code = errno.ENOSPC if _is_short_write(err) else err.errno
+    advice = _ADVICE.get(code, "check that path, the free disk space and the permissions")
+    return (
+        f"{where}{said} ({type(err).__name__}); {advice}, and retry. If it persists, report "
+        "it with the command you ran."
+    )
+
+
+def _concerns(err: OSError, roots: tuple[Path, ...]) -> bool:
+    """Whether ``err`` (raised inside an output block) is about the output."""
+    if err.errno in _OUTPUT_ERRNOS or _is_short_write(err):
+        return True
+    if not err.filename:
+        return False
+    name = Path(os.path.abspath(err.filename))
+    return any(name == r or r in name.parents for r in roots)
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike, *within: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` about the output ``path`` (or a path under ``within``, or any
+    full-disk/read-only error) into a one-paragraph :class:`StoreError`; other errors
+    (reading an input, say) pass unchanged."""
+    roots = tuple(Path(os.path.abspath(r)) for r in (path, *within))
+    try:
+        yield
+    except OSError as err:
+        if not _concerns(err, roots):
+            raise
+        raise output_error(err, path) from None
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``, with a one-paragraph error when it cannot be created."""
+    path = Path(path)
+    with output_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _remove(path: Path) -> None:
@@ -53,18 +128,31 @@ def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator
             f"{final} already exists; nothing was changed. Pass --overwrite to replace it, "
             "or choose another --out."
         )
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(final.parent)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
+    with output_errors(final, tmp):
         _remove(tmp)
-        raise
+        try:
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        try:
+            _move_into_place(tmp, final)
+        except BaseException:
+            _remove(tmp)
+            raise
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
     if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a directory
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)  # put the previous version back
+            raise
         _remove(old)
     else:
         os.replace(tmp, final)

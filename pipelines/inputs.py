@@ -90,11 +90,18 @@ def _expand_one(arg: str) -> list[Path]:
             f"{arg} is a remote URL; flashsim prep reads local files only. Copy the file "
             "locally first (e.g. with xrdcp) and pass its path."
         )
-    if _GLOB_CHARS & set(arg):
+    # An existing path is a path before it is a pattern: `br[1].root` names itself.
+    if _GLOB_CHARS & set(arg) and not os.path.lexists(arg):
         matches = sorted(glob.glob(arg))
         if not matches:
             raise InputError(f"The pattern {arg!r} matches no file. Check the path and the quotes.")
-        return [Path(m) for m in matches if not Path(m).is_dir()]
+        files = [Path(m) for m in matches if not Path(m).is_dir()]
+        if not files:
+            raise InputError(
+                f"The pattern {arg!r} matches only directories ({matches[0]}, ...); pass a "
+                "pattern of files (e.g. 'dir/*.root') or a directory alone."
+            )
+        return files
     p = Path(arg)
     if p.is_dir():
         files = sorted(c for c in p.iterdir() if c.suffix in _DIRECTORY_SUFFIXES and c.is_file())

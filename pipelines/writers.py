@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,11 +239,27 @@ class HDF5Writer(StoreWriter):
 
     def _finish(self, meta: dict) -> None:
         self._file.attrs[META_KEY] = json.dumps(meta)
-        self._file.close()
+        try:
+            self._file.close()
+        except RuntimeError as err:  # HDF5 reports a failed final write as RuntimeError
+            raise _hdf5_os_error(err, self.path) from None
 
     def abort(self) -> None:
+        # After a failed write (full disk) File.close() leaves HDF5 ids behind that
+        # crash the interpreter at exit (segfault); closing the file id first does not.
+        with contextlib.suppress(Exception):
+            self._file.id.close()
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+def _hdf5_os_error(err: Exception, path: Path) -> Exception:
+    """An ``OSError`` with the errno HDF5 put in its message ("errno = 28"), else ``err``."""
+    found = re.search(r"errno = (\d+)", str(err))
+    if found is None:
+        return err
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _hdf5_chunk_rows(n_columns: int) -> int:

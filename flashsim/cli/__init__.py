@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module and only parses options, calls the library
 and prints. :class:`~flashsim.errors.FlashSimError` is shown as a one-paragraph
-message (no traceback) with exit code 2.
+message (no traceback) with exit code 2; so is an ``OSError`` that no library code
+translated (a last resort: outputs and inputs translate their own).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class _FlashSimGroup(click.Group):
             return super().invoke(ctx)
         except FlashSimError as err:
             click.secho(f"Error: {err}", fg="red", err=True)
+            sys.exit(2)
+        except BrokenPipeError:  # `flashsim info ... | head`: the reader left
+            sys.stderr.close()
+            sys.exit(1)
+        except OSError as err:  # a system error no library code translated: no traceback
+            from flashsim.outputs import system_error_message
+
+            click.secho(f"Error: {system_error_message(err)}", fg="red", err=True)
             sys.exit(2)
 
 
