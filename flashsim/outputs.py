@@ -57,7 +57,11 @@ def output_error(err: OSError, path: str | os.PathLike) -> StoreError:
     said = err.strerror or str(err)
     if _is_short_write(err):
         said = f"{err} (a short write: the disk is full)"
-    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    # The failing file, unless it is the output itself or its temporary (noise)
+    parent = Path(os.path.abspath(path)).parent
+    name = Path(os.path.abspath(err.filename)) if err.filename else None
+    inside = name is not None and (name == parent or parent in name.parents)
+    where = f" ({err.filename})" if name is not None and not inside else ""
     advice = _ADVICE.get(code, "check the path, the free space and the permissions, and retry")
     return StoreError(f"Cannot write {path}{where}: {said}. Nothing was written there; {advice}.")
 

@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -128,6 +129,9 @@ class StoreWriter:
     def _finish(self, meta: dict) -> None:
         raise NotImplementedError
 
+    def abort(self) -> None:
+        """Release open files after a failure (the partial store is then removed)."""
+
 
 class ZarrWriter(StoreWriter):
     """zarr v3 group with arrays ``train``/``val`` of shape (N, n_columns), chunks of
@@ -209,6 +213,16 @@ class WebDatasetWriter(StoreWriter):
         }
         (self.path / WDS_MANIFEST).write_text(json.dumps(manifest, indent=1))
 
+    def abort(self) -> None:
+        # Unclosed tar streams flush at garbage collection and print "Exception ignored"
+        # tracebacks when the disk is full; close them (and their files) now, quietly.
+        for tar in self._tars.values():
+            with contextlib.suppress(Exception):
+                tar.tarstream.close()
+            with contextlib.suppress(Exception):
+                tar.stream.close()
+        self._tars.clear()
+
 
 class HDF5Writer(StoreWriter):
     """The original FlashSim HDF5 format: dataset ``data`` (train rows) and ``val``,
@@ -232,10 +246,17 @@ class HDF5Writer(StoreWriter):
         }
 
     def _write_chunk(self, split: str, rows: np.ndarray) -> None:
+        _check_free_space(self.path, rows.nbytes + HDF5_SPACE_MARGIN)
         ds = self._dsets[split]
         start = ds.shape[0]
-        ds.resize(start + len(rows), axis=0)
-        ds[start:] = rows
+        try:
+            ds.resize(start + len(rows), axis=0)
+            ds[start:] = rows
+            # Flushed chunk by chunk so that a full disk fails here, where abort() can
+            # still release the file, rather than in close().
+            self._file.flush()
+        except RuntimeError as err:  # HDF5 reports some failed writes as RuntimeError
+            raise _hdf5_os_error(err, self.path) from None
 
     def _finish(self, meta: dict) -> None:
         self._file.attrs[META_KEY] = json.dumps(meta)
@@ -245,12 +266,30 @@ class HDF5Writer(StoreWriter):
             raise _hdf5_os_error(err, self.path) from None
 
     def abort(self) -> None:
-        # After a failed write (full disk) File.close() leaves HDF5 ids behind that
-        # crash the interpreter at exit (segfault); closing the file id first does not.
+        # After a failed write (full disk) HDF5 crashes the interpreter at exit
+        # (segfault) when it flushes the still-open file again. Emptying the file (the
+        # partial store is removed anyway) frees the space that flush needs, and closing
+        # the file id releases it; a plain File.close() does not.
+        with contextlib.suppress(Exception):
+            os.ftruncate(self._file.id.get_vfd_handle(), 0)
         with contextlib.suppress(Exception):
             self._file.id.close()
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+HDF5_SPACE_MARGIN = 4 * 2**20
+"""Free bytes kept beyond each HDF5 chunk write, for HDF5's metadata and the final close."""
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    # h5py cannot recover from a failed write: after one, the interpreter crashes at exit
+    # (segfault) whatever we close. So a write that would not fit is refused beforehand
+    # (the dataset is uncompressed: its size is known); flush() and abort() are the
+    # fallback when another process fills the disk meanwhile.
+    st = os.statvfs(path.parent)
+    if st.f_bavail * st.f_frsize < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _hdf5_os_error(err: Exception, path: Path) -> Exception:
@@ -293,8 +332,7 @@ def open_writer(
             yield writer
             writer.close()
         except BaseException:
-            if isinstance(writer, HDF5Writer):
-                writer.abort()
+            writer.abort()
             raise
 
 

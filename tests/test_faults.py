@@ -1,0 +1,299 @@
+"""Fault injection (issue 12): damaged stores and inputs, unwritable outputs, uncounted
+exclusions. Each case runs the real CLI on real files damaged on disk and checks the exit
+code, a one-paragraph message without traceback, that earlier outputs are byte-identical
+and that nothing is left behind. Full-disk and read-only cases mount a real tmpfs (root
+only; skipped with the reason elsewhere)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import loaders
+from flashsim.cli import main
+from flashsim.errors import StoreError
+from flashsim.store import read_metadata
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TOY_EVENTS = 3000
+CHUNK_ROWS = 1024
+
+
+def cli(*args) -> tuple[int, str]:
+    """Run ``flashsim ARGS``; exit code and stdout+stderr."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def assert_error(code: int, output: str, expected_code: int, *fragments: str) -> None:
+    assert code == expected_code, output
+    assert "Traceback" not in output, output
+    error = output[output.index("Error: ") :]
+    assert error.strip().count("\n") == 0, error  # one paragraph
+    for fragment in fragments:
+        assert fragment in error, error
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative paths)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary outputs (partial stores, prep spools) under ``root``."""
+    return [p for p in root.rglob(".*") if ".partial-" in p.name or ".flashsim-prep-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("toy") / "toy.root"
+    code, output = cli("toy", "--events", TOY_EVENTS, "--out", path, "--quiet")
+    assert code == 0, output
+    return path
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, toy) -> Path:
+    """Stores of the toy in all three formats, small chunks (many chunks to damage)."""
+    out = tmp_path_factory.mktemp("pristine") / "shards"
+    code, output = cli(
+        "prep", toy, "--out", out, "--format", "zarr,webdataset,hdf5",
+        "--chunk-rows", CHUNK_ROWS, "--quiet",
+    )  # fmt: skip
+    assert code == 0, output
+    return out
+
+
+@pytest.fixture
+def shards(tmp_path, pristine) -> Path:
+    """A fresh copy of the pristine stores, to damage."""
+    return Path(shutil.copytree(pristine, tmp_path / "shards"))
+
+
+def edit_metadata(store: Path, edit) -> None:
+    """Apply ``edit(meta)`` to the flashsim metadata of a zarr or webdataset store."""
+    path = store / ("zarr.json" if store.suffix == ".zarr" else "manifest.json")
+    doc = json.loads(path.read_text())
+    edit(doc["attributes"]["flashsim"] if "attributes" in doc else doc["flashsim"])
+    path.write_text(json.dumps(doc))
+
+
+# -------------------------------------------------------------- 1: stores know they are whole
+
+
+def test_verify_passes_on_whole_stores(pristine):
+    for store in ("jets.zarr", "jets-wds", "jets.h5", "muons.zarr"):
+        code, output = cli("info", "--verify", pristine / store)
+        assert code == 0, output
+        assert "match their xxh3_64 checksums" in output
+
+
+def test_missing_zarr_chunk_is_refused_not_read_as_zeros(shards, tmp_path):
+    chunk = shards / "jets.zarr" / "train" / "c" / "2" / "0"
+    chunk.unlink()
+    before = snapshot(shards)
+    assert_error(*cli("info", shards / "jets.zarr"), 2, str(chunk), "missing")
+    code, output = cli("info", "--verify", shards / "jets.zarr")
+    assert code == 1 and "train chunk 2" in output and str(chunk) in output, output
+    with pytest.raises(StoreError, match="missing"):
+        loaders.open(shards / "jets.zarr", kind="chunked")
+    run = tmp_path / "run"
+    train = ["train", "jets", "--data", shards, "--out", run, "--epochs", "1"]
+    train += ["--max-steps-per-epoch", "2", "--preset", "small", "--no-progress", "--device", "cpu"]
+    assert_error(*cli(*train), 2, str(chunk))
+    assert snapshot(shards) == before and not run.exists() and not leftovers(tmp_path)
+
+
+def test_corrupt_and_swapped_chunks_are_named(shards):
+    train = shards / "jets.zarr" / "train" / "c"
+    data = (train / "3" / "0").read_bytes()
+    (train / "3" / "0").write_bytes(data[:64] + bytes(len(data) - 64))  # blosc error
+    shutil.copy(train / "5" / "0", train / "4" / "0")  # decodes, but to other rows
+    assert_error(*cli("info", shards / "jets.zarr"), 2, "c/3/0", "cannot be decoded")
+    code, output = cli("info", "--verify", shards / "jets.zarr")
+    assert code == 1, output
+    assert "train chunk 3" in output and "train chunk 4" in output and "checksum" in output
+    with pytest.raises(StoreError, match="damaged"):  # resident reads at construction
+        loaders.open(shards / "jets.zarr", kind="resident")
+    (train / "3" / "0").write_bytes(data)  # only the swapped chunk left: its checksum
+    with pytest.raises(StoreError, match="c/4/0 does not match its xxh3_64 checksum"):
+        list(loaders.open(shards / "jets.zarr", kind="chunked"))
+
+
+def test_store_without_checksums_opens_but_cannot_be_verified(shards):
+    def downgrade(meta):
+        meta["format_version"] = 1
+        del meta["integrity"]
+
+    edit_metadata(shards / "jets.zarr", downgrade)
+    code, output = cli("info", "--verify", shards / "jets.zarr")
+    assert code == 3 and "cannot verify" in output, output
+    code, output = cli("info", "--no-stats", shards / "jets.zarr")
+    assert code == 0 and "cannot be verified" in output, output
+    assert sum(len(x) for x, _ in loaders.open(shards / "jets.zarr", kind="chunked")) > 0
+
+
+def test_edited_row_count_is_refused(shards):
+    meta_path = shards / "jets.zarr" / "train" / "zarr.json"
+    doc = json.loads(meta_path.read_text())
+    doc["shape"][0] -= 3 * CHUNK_ROWS
+    meta_path.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="metadata records"):
+        loaders.open(shards / "jets.zarr", kind="chunked")
+    assert cli("info", "--verify", shards / "jets.zarr")[0] == 1
+
+
+# -------------------------------------------------------------- 2: format version
+
+
+def test_unknown_format_version_is_refused(shards):
+    edit_metadata(shards / "jets.zarr", lambda m: m.update(format_version=99))
+    assert_error(*cli("info", shards / "jets.zarr"), 2, "version 99", "versions 1, 2")
+    with pytest.raises(StoreError, match="version 99"):
+        loaders.open(shards / "jets.zarr")
+
+
+# -------------------------------------------------------------- 7: damaged inputs and stores
+
+
+def test_truncated_nanoaod_input(toy, tmp_path):
+    damaged = tmp_path / "truncated.root"
+    damaged.write_bytes(toy.read_bytes()[: toy.stat().st_size * 2 // 3])
+    out = tmp_path / "out"
+    assert_error(*cli("prep", damaged, "--out", out, "-q"), 2, str(damaged), "damaged")
+    assert not out.exists()
+
+
+def test_hdf5_of_strings(shards, tmp_path):
+    h5 = shards / "jets.h5"
+    with h5py.File(h5, "r+") as f:
+        del f["data"]
+        f.create_dataset("data", data=np.full((10, 31), b"abc"))
+    before = snapshot(shards)
+    assert_error(*cli("info", h5), 2, str(h5), "|S3")
+    assert_error(*cli("prep", h5, "--out", tmp_path / "o", "-q"), 2, "not numbers")
+    for kind in ("chunked", "original-jets"):
+        with pytest.raises(StoreError, match="expected float32"):
+            loaders.open(h5, kind=kind)
+    assert snapshot(shards) == before and not (tmp_path / "o").exists()
+
+
+def test_deleted_train_array(shards):
+    shutil.rmtree(shards / "jets.zarr" / "train")
+    assert_error(*cli("info", shards / "jets.zarr"), 2, "no readable 'train' array")
+    with pytest.raises(StoreError, match="no readable 'train' array"):
+        loaders.open(shards / "jets.zarr", kind="chunked")
+
+
+def test_webdataset_missing_and_truncated_shards(shards, pristine):
+    wds, name = shards / "jets-wds", "train-000001.tar"
+    (wds / name).unlink()
+    assert_error(*cli("info", wds), 2, f"{name} is missing")
+    code, output = cli("info", "--verify", wds)
+    assert code == 1 and f"{name} is missing" in output, output
+    with pytest.raises(StoreError, match=r"train-000001\.tar"):
+        loaders.open(wds, kind="webdataset")
+    (wds / name).write_bytes((pristine / "jets-wds" / name).read_bytes()[:100_000])
+    assert_error(*cli("info", wds), 2, name, "cannot be read")
+    for workers in (0, 1):  # a DataLoader worker's error keeps its one-paragraph message
+        ld = loaders.open(wds, kind="webdataset", num_workers=workers)
+        with pytest.raises(StoreError) as err:
+            list(ld)
+        assert "truncated or damaged" in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_layout_that_is_a_string(shards):
+    edit_metadata(shards / "jets-wds", lambda m: m.update(layout="jets"))
+    assert_error(*cli("info", shards / "jets-wds"), 2, "'layout' is str")
+
+
+# -------------------------------------------------------------- 6: output errors
+
+
+def test_out_under_a_file_and_under_proc(toy, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert_error(*cli("prep", toy, "--out", blocker / "o", "-q"), 2, "Not a directory")
+    assert_error(*cli("prep", toy, "--out", "/proc/flashsim-out", "-q"), 2, "/proc/flashsim-out")
+    assert blocker.read_text() == "x" and not leftovers(tmp_path)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A mounted tmpfs factory: ``tmpfs(size, read_only)``; unmounted afterwards."""
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"mnt-{uuid.uuid4().hex[:6]}"
+        point.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_out_on_a_read_only_file_system(toy, tmpfs):
+    ro = tmpfs("1m", read_only=True)
+    assert_error(*cli("prep", toy, "--out", ro / "o", "-q"), 2, "Read-only file system")
+
+
+@pytest.mark.parametrize("size", ["3m", "5m"])  # full while spooling / writing the stores
+def test_full_disk(toy, pristine, tmpfs, size):
+    disk = tmpfs(size)
+    out = disk / "shards"
+    shutil.copytree(pristine / "muons.zarr", out / "muons.zarr")
+    before = snapshot(out)
+    # A real process: HDF5 must not crash the interpreter after a failed write either.
+    done = subprocess.run(
+        [sys.executable, "-m", "flashsim", "prep", str(toy), "--out", str(out), "-q",
+         "--format", "zarr,webdataset,hdf5", "--overwrite"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert_error(done.returncode, done.stderr, 2, "Cannot write", "full")
+    assert snapshot(out) == before and not leftovers(disk)
+
+
+# -------------------------------------------------------------- 9, 10: inputs
+
+
+@pytest.mark.skipif(not (DATA / "nano_dy.root").exists(), reason="needs /work/shared/data")
+def test_gen_index_past_end_is_counted(tmp_path):
+    out = tmp_path / "dy"
+    code, output = cli("prep", DATA / "nano_dy.root", "--out", out, "--objects", "jets")
+    assert code == 0, output
+    assert "2 dropped" in output and "gen index past end: Jet_genJetIdx 2" in output
+    meta = read_metadata(out / "jets.zarr")
+    assert meta["dropped"]["gen_index_past_end"] == {"rows": 2, "by_column": {"Jet_genJetIdx": 2}}
+    assert meta["matched"] - meta["dropped"]["rows"] == sum(meta["rows"].values())
+
+
+def test_existing_path_is_a_path_before_a_glob(toy, tmp_path):
+    odd = tmp_path / "br[1].root"
+    os.link(toy, odd)
+    code, output = cli("prep", odd, "--out", tmp_path / "o", "-q", "--objects", "muons")
+    assert code == 0, output
+    assert zarr.open_group(tmp_path / "o" / "muons.zarr", mode="r")["train"].shape[0] > 0
