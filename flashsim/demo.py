@@ -29,6 +29,8 @@ from typing import TypeVar
 
 import click
 
+from flashsim.outputs import make_output_dir
+
 DEFAULT_DEMO_DIR = Path("demo")
 T = TypeVar("T")
 
@@ -66,8 +68,7 @@ def run_demo(
     ``steps_per_epoch`` caps the optimiser steps of each training epoch (``None``: whole
     epochs), so the demo takes minutes on a laptop CPU.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out)
     toy_path, shards, run_dir = out / "ttbar_toy.root", out / "shards", out / "runs" / "jets"
     generated = out / "flashsim.root"
     seconds: dict[str, float] = {}

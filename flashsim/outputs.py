@@ -110,6 +110,15 @@ def make_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def _disk_full(directory: Path) -> bool:
+    """Whether the file system of ``directory`` has (almost) no space left (< 64 KiB)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 2**10
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -138,6 +147,12 @@ def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator
         _remove(tmp)
         try:
             yield tmp
+        except Exception as err:
+            full = not isinstance(err, OSError | StoreError) and _disk_full(final.parent)
+            _remove(tmp)
+            if full:  # torch.save, say, reports a full disk as RuntimeError
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from err
+            raise
         except BaseException:
             _remove(tmp)
             raise

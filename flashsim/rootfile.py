@@ -20,7 +20,7 @@ import uproot
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.events import COUNTER_DTYPE, EventChunk
-from flashsim.outputs import atomic_output
+from flashsim.outputs import atomic_output, make_output_dir, output_error
 
 TREE_NAME = "Events"
 
@@ -91,10 +91,7 @@ def check_output(path: Path, overwrite: bool) -> None:
             f"Output {path} already exists and was left untouched. Choose another path, "
             "or pass overwrite=True (--overwrite on the command line) to replace it."
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StoreError(f"Cannot create the directory of output {path}: {err}.") from err
+    make_output_dir(path.parent)
 
 
 def write_events(
@@ -148,9 +145,6 @@ def write_events(
                 raise FlashSimError(f"No events to write to {path}: ask for at least one event.")
             for name, text in (extra or {}).items():
                 file[name] = text
-    except OSError as err:
-        raise StoreError(
-            f"Writing {path} failed: {err}. No output was written; check the disk space "
-            "and permissions of the directory and retry."
-        ) from err
+    except OSError as err:  # atomic_output translates those about the output
+        raise output_error(err, path) from err
     return totals
