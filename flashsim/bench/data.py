@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import math
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,9 +34,7 @@ from flashsim.outputs import atomic_output
 from flashsim.store import (
     DEFAULT_DATA_DIR,
     FORMATS,
-    HDF5_SPLIT_DATASETS,
     SPLITS,
-    WDS_MANIFEST,
     detect_format,
     find_store,
     read_metadata,
@@ -110,31 +105,13 @@ class BenchData:
 
 
 # Reading the rows of any store, in storage order ------------------------------------------
-def iter_rows(path: str | os.PathLike, split: str, block_rows: int = 65536) -> Iterator[np.ndarray]:
+def iter_rows(path: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
     """Blocks of rows ``(n, n_columns)`` float32 of ``split`` of the store at ``path``, in
-    storage order (zarr and HDF5 in blocks of ``block_rows``, webdataset one sample at a
-    time)."""
-    fmt = detect_format(path)
-    if fmt == ZARR:
-        import zarr
+    storage order, one chunk at a time, each checked against the store's chunk record (a
+    damaged source must not be copied into derived stores)."""
+    from pipelines.verify import checked_blocks
 
-        arr = zarr.open_group(str(path), mode="r")[split]
-        for start in range(0, arr.shape[0], block_rows):
-            yield np.asarray(arr[start : start + block_rows])
-    elif fmt == "hdf5":
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            ds = f[HDF5_SPLIT_DATASETS[split]]
-            for start in range(0, ds.shape[0], block_rows):
-                yield ds[start : start + block_rows]
-    else:
-        manifest = json.loads((Path(path) / WDS_MANIFEST).read_text())
-        for shard in manifest["splits"][split]["shards"]:
-            with tarfile.open(Path(path) / shard["name"]) as tar:
-                for member in tar:
-                    if member.name.endswith(".npy"):
-                        yield np.load(io.BytesIO(tar.extractfile(member).read()))
+    return checked_blocks(path, split)
 
 
 def derive_store(source: Path, fmt: str, dest: Path) -> Path:

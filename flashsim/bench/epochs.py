@@ -190,8 +190,11 @@ def write_original_file(path: Path, train: np.ndarray, val: np.ndarray, meta: di
         f.create_dataset("data", data=train, dtype="f4")
         f.create_dataset("val", data=val, dtype="f4")
         rows = {"train": len(train), "val": len(val)}
+        # Version 1 and no chunk record: these files are split differently from the store
+        # the metadata comes from, so its record would not describe them.
+        kept = {k: v for k, v in meta.items() if k != "integrity"}
         f.attrs[META_KEY] = json.dumps(
-            {"format_version": 1, **meta, "format": "hdf5", "rows": rows}
+            {**kept, "format_version": 1, "format": "hdf5", "rows": rows}
         )
 
 
