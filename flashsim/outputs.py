@@ -119,6 +119,29 @@ def _disk_full(directory: Path) -> bool:
     return st.f_bavail * st.f_frsize < 64 * 2**10
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _sweep_dead_partials(final: Path) -> None:
+    """Remove temporaries of ``final`` left by killed processes (``.NAME.partial-PID``,
+    ``.NAME.old-PID`` whose PID no longer runs)."""
+    for kind in ("partial", "old"):
+        for stale in final.parent.glob(f".{final.name}.{kind}-*"):
+            pid = stale.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if kind == "old" and not final.exists():
+                    os.replace(stale, final)  # killed between the two renames: restore
+                else:
+                    _remove(stale)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -133,9 +156,13 @@ def atomic_output(final: str | os.PathLike, overwrite: bool = False) -> Iterator
     A crash or exception leaves ``final`` as it was (absent, or the previous version)
     and removes the partial output. An existing ``final`` without ``overwrite`` is an
     error raised before anything is written. A file replaces its previous version in
-    one atomic rename; a directory (a store) is swapped with two.
+    one atomic rename; a directory (a store) is swapped with two. Temporaries of
+    ``final`` left by killed processes are removed first (a previous version caught
+    between the two renames is put back). An ``OSError`` about the output becomes a
+    one-paragraph :class:`StoreError` (:func:`output_errors`).
     """
     final = Path(final)
+    _sweep_dead_partials(final)
     if final.exists() and not overwrite:
         raise StoreError(
             f"{final} already exists; nothing was changed. Pass --overwrite to replace it, "

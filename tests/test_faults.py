@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -297,3 +299,68 @@ def test_existing_path_is_a_path_before_a_glob(toy, tmp_path):
     code, output = cli("prep", odd, "--out", tmp_path / "o", "-q", "--objects", "muons")
     assert code == 0, output
     assert zarr.open_group(tmp_path / "o" / "muons.zarr", mode="r")["train"].shape[0] > 0
+
+
+# -------------------------------------------------------------- 4, 5: killed preps
+
+
+@pytest.fixture(scope="module")
+def big_toy(tmp_path_factory) -> Path:
+    """Enough events that `prep --workers 2` of it twice runs for seconds."""
+    path = tmp_path_factory.mktemp("big") / "big.root"
+    code, output = cli("toy", "--events", 40_000, "--out", path, "--quiet")
+    assert code == 0, output
+    return path
+
+
+def start_prep(inputs: Path, out: Path) -> tuple[subprocess.Popen, list]:
+    """A real `flashsim prep --workers 2` process, once its workers run and it has a spool."""
+    import psutil
+
+    args = [sys.executable, "-m", "flashsim", "prep", inputs, inputs, "--out", out]
+    proc = subprocess.Popen(
+        [*map(str, args), "--workers", "2", "-q"], stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(300):
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        workers = [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+        if len(workers) == 2 and list(out.glob(".flashsim-prep-*")):
+            return proc, kids
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("prep's workers did not start within 30 s")
+
+
+def test_kill_9_of_prep_takes_its_workers_and_the_next_run_removes_the_spool(
+    big_toy, toy, tmp_path
+):
+    import psutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier output\n")
+    before = snapshot(out)
+    proc, kids = start_prep(big_toy, out)
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(kids, timeout=10)  # workers and resource tracker
+    assert not alive, [k.cmdline() for k in alive]
+    (spool,) = out.glob(".flashsim-prep-*")  # a kill -9 cannot clean up; the next run does
+    code, output = cli("prep", toy, "--out", out, "-q", "--objects", "muons")
+    assert code == 0, output
+    assert f"removed {spool}" in output and "left by a prep that was killed" in output
+    assert not leftovers(out) and snapshot(out)["notes.txt"] == before["notes.txt"]
+
+
+def test_sigterm_of_prep_cleans_up_like_ctrl_c(big_toy, tmp_path):
+    import psutil
+
+    out = tmp_path / "out"
+    proc, kids = start_prep(big_toy, out)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive and not out.exists()  # prep created out: removed with its spool

@@ -8,7 +8,10 @@ translated (a last resort: outputs and inputs translate their own).
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 import sys
+import threading
 
 import click
 
@@ -16,10 +19,31 @@ from flashsim import __version__
 from flashsim.errors import FlashSimError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every command cleans up as it does for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    # Worker processes (prep --workers) do not get the parent's SIGTERM: stop them first,
+    # so that the parent's cleanup does not wait for their tasks to finish.
+    for child in multiprocessing.active_children():
+        child.terminate()
+    raise Terminated()
+
+
 class _FlashSimGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        handle = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        )
+        if handle:
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
+        except Terminated:
+            click.secho("Stopped by SIGTERM; partial outputs were removed.", fg="red", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except FlashSimError as err:
             click.secho(f"Error: {err}", fg="red", err=True)
             sys.exit(2)
@@ -31,6 +55,9 @@ class _FlashSimGroup(click.Group):
 
             click.secho(f"Error: {system_error_message(err)}", fg="red", err=True)
             sys.exit(2)
+        finally:
+            if handle:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @click.group(cls=_FlashSimGroup, context_settings={"help_option_names": ["-h", "--help"]})
