@@ -427,6 +427,7 @@ class WebDatasetUnits:
         self.shard_of_unit = np.repeat(np.arange(len(rows)), self.group_sizes)
         first = np.concatenate([[0], np.cumsum(self.group_sizes)[:-1]]).astype(np.int64)
         self.position = np.arange(len(self.unit_rows)) - np.repeat(first, self.group_sizes)
+        self._first_unit = {str(p): int(f) for p, f in zip(self.shards, first, strict=True)}
         self.n_rows = int(self.unit_rows.sum())
         check_chunk_rows(record, self.unit_rows, f"{path / WDS_MANIFEST} ({split})")
 
@@ -436,8 +437,12 @@ class WebDatasetUnits:
         import webdataset as wds
 
         pipeline = wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples())
+        first = self._first_unit.get(str(shard))
         try:
-            yield from pipeline
+            for pos, sample in enumerate(pipeline):
+                if first is not None:
+                    sample["__unit__"] = first + pos  # what the manifest says is here
+                yield sample
         except (OSError, tarfile.TarError, EOFError) as err:
             # webdataset re-raises with (message, stream, url) as args
             reason = str(err.args[0] if err.args else err).split(" @ <")[0]
@@ -452,6 +457,12 @@ class WebDatasetUnits:
         prefix, _, number = key.rpartition("-")
         if self._record is None or prefix != self.split or not number.isdigit():
             return
+        expected = sample.get("__unit__", int(number))
+        if int(number) != expected:
+            raise StoreError(
+                f"{shard} holds sample {key!r} where {WDS_MANIFEST} places sample "
+                f"{expected}: shards were swapped, renamed or copied. {_DAMAGED_ADVICE}"
+            )
         problem = self._record.problem(int(number), rows)
         if problem is not None:
             raise StoreError(

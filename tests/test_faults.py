@@ -161,6 +161,14 @@ def test_edited_row_count_is_refused(shards):
     assert cli("info", "--verify", shards / "jets.zarr")[0] == 1
 
 
+def test_edited_hdf5_value_is_found_by_verify(shards):
+    with h5py.File(shards / "jets.h5", "r+") as f:
+        f["data"][CHUNK_ROWS + 5, 3] += 1.0  # a silent in-place change of one value
+    code, output = cli("info", "--verify", shards / "jets.h5")
+    assert code == 1, output
+    assert f"data rows {CHUNK_ROWS} to {2 * CHUNK_ROWS - 1}" in output and "checksum" in output
+
+
 # -------------------------------------------------------------- 2: format version
 
 
@@ -218,6 +226,15 @@ def test_webdataset_missing_and_truncated_shards(shards, pristine):
         with pytest.raises(StoreError) as err:
             list(ld)
         assert "truncated or damaged" in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_webdataset_shard_copied_over_another(shards):
+    wds = shards / "jets-wds"
+    shutil.copy(wds / "train-000000.tar", wds / "train-000001.tar")  # same rows twice
+    with pytest.raises(StoreError, match="shards were swapped, renamed or copied"):
+        list(loaders.open(wds, kind="webdataset", shuffle=False))
+    code, output = cli("info", "--verify", wds)
+    assert code == 1 and "train chunk 8" in output, output
 
 
 def test_layout_that_is_a_string(shards):
