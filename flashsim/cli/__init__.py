@@ -3,7 +3,8 @@
 Each sub-command lives in its own module and only parses options, calls the library
 and prints. :class:`~flashsim.errors.FlashSimError` is shown as a one-paragraph
 message (no traceback) with exit code 2; so is an ``OSError`` that no library code
-translated (a last resort: outputs and inputs translate their own).
+translated (a last resort: outputs and inputs translate their own). SIGTERM and SIGHUP
+stop a command as Ctrl-C does, cleanup included (exit code 128 + signal number).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ import click
 from flashsim import __version__
 from flashsim.errors import FlashSimError
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a command the way Ctrl-C does (cleanup included)."""
+
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every command cleans up as it does for Ctrl-C."""
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every command cleans up as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum, frame) -> None:
@@ -28,22 +36,22 @@ def _terminate(signum, frame) -> None:
     # so that the parent's cleanup does not wait for their tasks to finish.
     for child in multiprocessing.active_children():
         child.terminate()
-    raise Terminated()
+    raise Terminated(signum)
 
 
 class _FlashSimGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        handle = (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        )
-        if handle:
-            signal.signal(signal.SIGTERM, _terminate)
+        handled = []
+        if threading.current_thread() is threading.main_thread():
+            handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
+        for sig in handled:  # not where the user set a handler or SIG_IGN (nohup)
+            signal.signal(sig, _terminate)
         try:
             return super().invoke(ctx)
-        except Terminated:
-            click.secho("Stopped by SIGTERM; partial outputs were removed.", fg="red", err=True)
-            sys.exit(128 + signal.SIGTERM)
+        except Terminated as stop:
+            name = signal.Signals(stop.signum).name
+            click.secho(f"Stopped by {name}; partial outputs were removed.", fg="red", err=True)
+            sys.exit(128 + stop.signum)
         except FlashSimError as err:
             click.secho(f"Error: {err}", fg="red", err=True)
             sys.exit(2)
@@ -56,8 +64,8 @@ class _FlashSimGroup(click.Group):
             click.secho(f"Error: {system_error_message(err)}", fg="red", err=True)
             sys.exit(2)
         finally:
-            if handle:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for sig in handled:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 @click.group(cls=_FlashSimGroup, context_settings={"help_option_names": ["-h", "--help"]})
