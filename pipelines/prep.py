@@ -28,8 +28,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -54,7 +52,7 @@ from flashsim.options import (
     StoreFormat,
     SumEOOT,
 )
-from flashsim.outputs import atomic_output
+from flashsim.outputs import atomic_output, make_output_dir, output_errors
 from flashsim.store import DEFAULT_DATA_DIR, store_path
 from flashsim.transforms import JET_PREPROCESSING, Dequantize, Preprocessing, muon_preprocessing
 from pipelines.branches import (
@@ -71,6 +69,7 @@ from pipelines.hdf5_input import HDF5Info, inspect_hdf5
 from pipelines.inputs import InputFile, expand_inputs, single_kind
 from pipelines.nanoaod import inspect_nanoaod
 from pipelines.split import ValSplit, check_val_options, val_row_count
+from pipelines.spool import die_with_parent, make_spool, remove_spool
 from pipelines.tasks import DEFAULT_STEP_EVENTS, DropCount, Task, TaskResult, run_task
 from pipelines.writers import open_writer
 
@@ -347,7 +346,12 @@ def _run_processes(tasks, workers, on_done, on_events) -> None:
     # spawn: a fresh interpreter per worker; forking a parent that may hold threads
     # (tqdm, zarr's event loop) is not safe.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=context,
+        initializer=die_with_parent,  # a killed prep takes its workers with it
+        initargs=(os.getpid(),),
+    )
     try:
         futures = [pool.submit(run_task, t) for t in tasks]
         for fut in as_completed(futures):
@@ -671,17 +675,21 @@ def _spool(out: Path) -> Iterator[Path]:
     """A temporary directory inside ``out`` (created if needed), removed afterwards; on
     failure ``out`` is removed too if this call created it and it is still empty."""
     created_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    spool = Path(tempfile.mkdtemp(prefix=".flashsim-prep-", dir=out))
+    make_output_dir(out)
+    with output_errors(out):
+        spool = make_spool(out)  # locked; sweeps the spools of killed preps
     try:
         yield spool
-    except BaseException:
-        shutil.rmtree(spool, ignore_errors=True)
+    except BaseException as err:
+        remove_spool(spool)
         if created_out:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty
+        if isinstance(err, OSError):  # a full disk while spooling, say (inputs raise InputError)
+            with output_errors(out):
+                raise
         raise
-    shutil.rmtree(spool, ignore_errors=True)
+    remove_spool(spool)
 
 
 def _read(plan: _Plan, tasks, workers, dask_scheduler, progress) -> tuple[list[TaskResult], float]:

@@ -20,7 +20,7 @@ from flashsim.layouts import OBJECTS, Layout, layout_for
 from flashsim.options import FINAL_STATE, GenMuons
 from flashsim.transforms import Preprocessing
 from pipelines.branches import BranchPlan, materialize
-from pipelines.features import FEATURES
+from pipelines.features import FEATURES, GEN_INDEX_PAST_END, gen_index_past_end
 from pipelines.hdf5_input import inspect_hdf5, iterate_row_steps
 from pipelines.inputs import sha256_of
 from pipelines.nanoaod import iterate_steps
@@ -162,7 +162,12 @@ def run_task(task: Task, on_step: Callable[[int], None] | None = None) -> TaskRe
             for obj in task.objects:
                 layout = layout_for(obj)
                 raw = FEATURES[obj](events, task.gen_muons)
-                result.matched[obj] += len(raw)
+                past_end = gen_index_past_end(events, obj)
+                # Counted as matched, then dropped: matched - dropped = rows written.
+                result.matched[obj] += len(raw) + sum(past_end.values())
+                _record(
+                    result, obj, GEN_INDEX_PAST_END, DropCount(sum(past_end.values()), past_end)
+                )
                 raw, before = drop_non_finite(raw, layout)
                 rng = step_rng(task.seed, task.file_index, step, obj)
                 rows = task.preprocessing[obj].forward(raw, rng)
