@@ -28,7 +28,6 @@ from flashsim.cli import main
 from flashsim.errors import StoreError
 from flashsim.store import read_metadata
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOY_EVENTS = 3000
 CHUNK_ROWS = 1024
 
@@ -280,6 +279,7 @@ def test_out_on_a_read_only_file_system(toy, tmpfs):
     assert_error(*cli("prep", toy, "--out", ro / "o", "-q"), 2, "Read-only file system")
 
 
+@pytest.mark.multiprocess  # a real prep process
 @pytest.mark.parametrize("size", ["3m", "5m"])  # full while spooling / writing the stores
 def test_full_disk(toy, pristine, tmpfs, size):
     disk = tmpfs(size)
@@ -299,10 +299,9 @@ def test_full_disk(toy, pristine, tmpfs, size):
 # -------------------------------------------------------------- 9, 10: inputs
 
 
-@pytest.mark.skipif(not (DATA / "nano_dy.root").exists(), reason="needs /work/shared/data")
-def test_gen_index_past_end_is_counted(tmp_path):
+def test_gen_index_past_end_is_counted(shared_data, tmp_path):
     out = tmp_path / "dy"
-    code, output = cli("prep", DATA / "nano_dy.root", "--out", out, "--objects", "jets")
+    code, output = cli("prep", shared_data / "nano_dy.root", "--out", out, "--objects", "jets")
     assert code == 0, output
     assert "2 dropped" in output and "gen index past end: Jet_genJetIdx 2" in output
     meta = read_metadata(out / "jets.zarr")
@@ -349,6 +348,7 @@ def start_prep(inputs: Path, out: Path) -> tuple[subprocess.Popen, list]:
     pytest.fail("prep's workers did not start within 30 s")
 
 
+@pytest.mark.multiprocess  # a real prep process
 def test_kill_9_of_prep_takes_its_workers_and_the_next_run_removes_the_spool(
     big_toy, toy, tmp_path
 ):
@@ -370,6 +370,7 @@ def test_kill_9_of_prep_takes_its_workers_and_the_next_run_removes_the_spool(
     assert not leftovers(out) and snapshot(out)["notes.txt"] == before["notes.txt"]
 
 
+@pytest.mark.multiprocess  # a real prep process
 def test_sigterm_of_prep_cleans_up_like_ctrl_c(big_toy, tmp_path):
     import psutil
 
