@@ -52,7 +52,7 @@ class Choices(Generic[V]):
     def normalize(self, value: object, error: type[FlashSimError] = FlashSimError) -> V:
         """``value`` as one of :attr:`values`; ``error`` listing them otherwise."""
         if isinstance(value, str) and value in self.values:
-            return value  # type: ignore[return-value]
+            return value
         raise error(f"Unknown {self.what} {value!r}; choose one of {', '.join(self.values)}.")
 
     def click_choice(self, *extra: str) -> click.Choice:

@@ -46,10 +46,10 @@ def parse_compression(spec: str):
     return COMPRESSIONS[name](int(level) if level else 1)
 
 
-def to_awkward(events: EventChunk) -> dict[str, object]:
+def to_awkward(events: EventChunk) -> dict[str, np.ndarray | ak.Array]:
     """The ``extend`` payload: scalar numpy arrays and one jagged record array per
     collection, built on the flat buffers without copying them."""
-    out: dict[str, object] = dict(events.scalars)
+    out: dict[str, np.ndarray | ak.Array] = dict(events.scalars)
     for name, coll in events.collections.items():
         record = ak.contents.RecordArray(
             [ak.contents.NumpyArray(np.ascontiguousarray(v)) for v in coll.fields.values()],

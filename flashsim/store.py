@@ -31,9 +31,9 @@ from typing import Literal
 from flashsim import __version__
 from flashsim.errors import StoreError
 from flashsim.layouts import Layout, layout_for
-from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR, Choices
+from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR, Choices, StoreFormat
 
-FORMATS: tuple[str, ...] = STORE_FORMATS.values
+FORMATS: tuple[StoreFormat, ...] = STORE_FORMATS.values
 SPLITS: tuple[str, ...] = ("train", "val")
 FORMAT_VERSION = 2
 """Version written. 2 added ``integrity`` (per-chunk row counts and checksums,
@@ -56,8 +56,7 @@ _SUFFIX = {ZARR: ".zarr", WEBDATASET: "-wds", HDF5: ".h5"}
 
 def store_path(out_dir: str | os.PathLike, obj: str, fmt: str) -> Path:
     """Path of the ``fmt`` store of object ``obj`` inside ``out_dir``."""
-    STORE_FORMATS.normalize(fmt, StoreError)
-    return Path(out_dir) / f"{obj}{_SUFFIX[fmt]}"
+    return Path(out_dir) / f"{obj}{_SUFFIX[STORE_FORMATS.normalize(fmt, StoreError)]}"
 
 
 def detect_format(path: str | os.PathLike) -> str:

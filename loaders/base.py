@@ -22,7 +22,7 @@ Epochs and resume
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ class BaseLoader:
     def __len__(self) -> int:
         return batches_per_rank(self.n_rows, self.world_size, self.batch_size, self.drop_last)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Generator[Batch, None, None]:
         start = self._resume_from
         self._resume_from = 0
         self._consumed = start
@@ -213,7 +213,7 @@ class BaseLoader:
             "drop_last": self.drop_last,
         }
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
         """Batches ``start_batch, ...`` of ``epoch`` for this rank."""
         raise NotImplementedError
 

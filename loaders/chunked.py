@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -73,7 +73,7 @@ class ChunkedZarrLoader(WindowedLoader):
             "buffer_chunks": self.buffer_chunks,
         }
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
         plan = self.plan(epoch)
         first_row = start_batch * self.batch_size
         window, offset = plan.locate(first_row)

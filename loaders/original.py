@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import h5py
@@ -122,9 +122,9 @@ class OriginalMuonsDataset(Dataset):
 
 def _fresh_archives(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a forked worker opens its own HDF5 handles."""
-    dataset = torch.utils.data.get_worker_info().dataset
-    if isinstance(dataset, OriginalMuonsDataset):
-        dataset._archives = None
+    info = torch.utils.data.get_worker_info()  # never None in a worker
+    if info is not None and isinstance(info.dataset, OriginalMuonsDataset):
+        info.dataset._archives = None
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -201,7 +201,7 @@ class OriginalLoader(BaseLoader):
         sampler.set_epoch(epoch)
         return sampler
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,

@@ -13,7 +13,7 @@ Ranks take contiguous parts of the permutation with the padding rule of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class DeviceResidentLoader(BaseLoader):
         used = rows_yielded(self.n_rows, self.world_size, self.batch_size, self.drop_last)
         return mine[:used].to(self.device)
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
         idx = self.epoch_indices(epoch)
         b = self.batch_size
         for start in range(start_batch * b, len(idx), b):

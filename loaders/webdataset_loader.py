@@ -22,7 +22,7 @@ we check). Otherwise a background thread prefetches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from functools import partial
 
 import numpy as np
@@ -80,23 +80,24 @@ def assemble_windows(
     pin: bool,
 ) -> Iterator[tuple[int, Product]]:
     """Pipeline stage: ``(window, product)`` once all of a window's rows are in."""
-    window, buffer, filled = -1, None, 0
+    window, filled = -1, 0
+    buffer: WindowBuffer | None = None
 
-    def finish() -> tuple[int, Product]:
+    def finish(buffer: WindowBuffer) -> tuple[int, Product]:
         if filled != buffer.n_rows:
             raise StoreError(f"window {window}: read {filled} of {buffer.n_rows} planned rows")
         return window, buffer.product(plan.window_order(window), pin=pin)
 
     for w, dest, block in pieces:
-        if w != window:
+        if buffer is None or w != window:
             if buffer is not None:
-                yield finish()
+                yield finish(buffer)
             window, filled = w, 0
             buffer = WindowBuffer(int(plan.window_rows[w]), layout, whole_rows)
         buffer.put(dest, block)
         filled += len(block)
     if buffer is not None:
-        yield finish()
+        yield finish(buffer)
 
 
 class WindowDataset(IterableDataset):
@@ -167,7 +168,7 @@ class WebDatasetLoader(WindowedLoader):
             "buffer_chunks": self.buffer_chunks,
         }
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
         plan = self.plan(epoch)
         first_row = start_batch * self.batch_size
         window, offset = plan.locate(first_row)

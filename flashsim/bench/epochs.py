@@ -77,7 +77,7 @@ def measure(
         data, kind=kind, object=object, batch_size=batch_size, device=device, **open_kwargs
     )
     setup = time.perf_counter() - t0
-    best = None
+    best: tuple[int, float, float] | None = None  # (rows, seconds, cpu seconds)
     for e in range(epochs):
         ld.set_epoch(e)
         rows = 0
@@ -94,6 +94,8 @@ def measure(
         cpu = process_cpu_seconds() - cpu0  # includes the reaped DataLoader workers
         if best is None or rows / max(seconds, 1e-9) > best[0] / max(best[1], 1e-9):
             best = (rows, seconds, cpu)
+    if best is None:
+        raise ValueError(f"measure needs epochs >= 1, got {epochs}")
     rows, seconds, cpu = best
     return {
         "kind": ld.kind,
@@ -198,9 +200,11 @@ def write_original_file(path: Path, train: np.ndarray, val: np.ndarray, meta: di
         )
 
 
-def scenarios(
-    out: Path, obj: str, original_batches: int, epochs: int
-) -> list[tuple[str, object, str, dict]]:
+Scenario = tuple[str, str | list[str], str, dict[str, int]]
+"""``(label, data, kind, measure kwargs)``: ``data`` a store or a list of original files."""
+
+
+def scenarios(out: Path, obj: str, original_batches: int, epochs: int) -> list[Scenario]:
     """``(label, data, kind, measure kwargs)`` for every kind on object ``obj``."""
     store_h5 = str(store_path(out, obj, HDF5))
     files = [str(p) for p in original_files(out, obj)]
@@ -208,7 +212,7 @@ def scenarios(
     full = {"epochs": epochs}
     kind = f"original-{obj}"
     out_s = str(out)
-    runs = [
+    runs: list[Scenario] = [
         ("resident", out_s, "resident", full),
         ("chunked", out_s, "chunked", full),
         ("webdataset", out_s, "webdataset", full),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +48,9 @@ class Trainer:
     loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def batch_stream(loader, start_epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream(
+    loader, start_epoch: int = 0
+) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """Batches of ``loader`` without end: epoch after epoch (``set_epoch(start_epoch)``,
     then the next, ...).
 
@@ -65,7 +67,9 @@ def batch_stream(loader, start_epoch: int = 0) -> Iterator[tuple[torch.Tensor, t
         epoch += 1
 
 
-def batch_stream_epoch(loader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream_epoch(
+    loader, epoch: int
+) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """The batches of epoch ``epoch`` of ``loader``, closing its iterator at the end.
 
     Raises :class:`FlashSimError` if the epoch yields no batch.
@@ -120,10 +124,10 @@ def run_trial(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "train" and (trainer is None or steps is None):
-        raise ValueError("a training trial needs a Trainer and a number of steps")
     model = optimizer = None
     if mode == "train":
+        if trainer is None or steps is None:
+            raise ValueError("a training trial needs a Trainer and a number of steps")
         model, optimizer = trainer.make()
         model.train()
     gc.collect()

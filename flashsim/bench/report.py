@@ -133,10 +133,10 @@ def plot(result: dict, path: str | os.PathLike) -> Path:
         med, lo, hi = [], [], []
         for name in loaders:
             r = by.get((name, mode))
-            s = (r or {}).get("repeats", {}).get("rows_per_s") if r else None
+            s = r.get("repeats", {}).get("rows_per_s") if r else None
             med.append(r["rows_per_s"] if r else np.nan)
-            lo.append(r["rows_per_s"] - s["min"] if s else 0.0)
-            hi.append(s["max"] - r["rows_per_s"] if s else 0.0)
+            lo.append(r["rows_per_s"] - s["min"] if r and s else 0.0)
+            hi.append(s["max"] - r["rows_per_s"] if r and s else 0.0)
         bars = ax1.bar(
             x + (k - (len(modes) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=3, label=mode
         )

@@ -115,7 +115,7 @@ class NvmlProbe:
 
     def utilization(self) -> float | None:
         """Fraction (0-1) of the last NVML sample period in which a kernel ran."""
-        if not self.available:
+        if self._nvml is None:  # set only when NVML initialised (``available``)
             return None
         try:
             return self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu / 100.0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -107,7 +108,7 @@ class BenchConfig:
         200 k rows, muons 60 k), small model, 10 timed training steps after 2 warm-up,
         2 repeats, one torch thread (several threads stall each other badly when other
         processes share the cores). ``overrides`` (those not ``None``) win."""
-        base = {
+        base: dict[str, Any] = {  # BenchConfig's keyword arguments
             "steps": 10,
             "warmup": 2,
             "repeats": 2,
@@ -390,14 +391,15 @@ def aggregate(
             if not ts:
                 continue
             stats = {m: summarize([t.get(m) for t in ts]) for m in SUMMARY_METRICS}
-            entry = {
+            medians = {m: (s["median"] if s else None) for m, s in stats.items()}
+            entry: dict[str, Any] = {  # one row of the results JSON
                 "loader": kind,
                 "mode": mode,
                 "object": obj,
                 "store_format": format_for_kind(kind),
                 "baseline": None,
-                **{m: (s["median"] if s else None) for m, s in stats.items()},
-                "samples_per_s": stats["rows_per_s"]["median"],
+                **medians,
+                "samples_per_s": medians["rows_per_s"],
                 "device_busy_source": busy_source if mode == "train" else None,
                 "n_repeats": len(ts),
                 "speedup_vs_original": None,

@@ -13,8 +13,14 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 GRACE_S = 2.0
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+"""What :func:`signal.signal` returns and accepts: a callable, ``SIG_DFL``/``SIG_IGN`` or None."""
 
 
 class StopRequest:
@@ -24,9 +30,9 @@ class StopRequest:
         self.requested = False
         self.signal_name = ""
         self._first_at = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, _Handler] = {}
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
         if self.requested and now - self._first_at > GRACE_S:
             raise KeyboardInterrupt
