@@ -59,6 +59,12 @@ class Step:
         """Human-readable formula, e.g. ``'arctan(100*x)'``."""
         raise NotImplementedError
 
+    def _needs(self, rng: np.random.Generator | None) -> np.random.Generator:
+        """``rng``, which a ``random`` step's forward cannot do without."""
+        if rng is None:
+            raise ValueError(f"{type(self).__name__}.forward needs a numpy Generator (rng)")
+        return rng
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 
@@ -77,17 +83,17 @@ class Clip(Step):
     kind: ClassVar[str] = "clip"
     invertible: ClassVar[bool] = False
 
-    def forward(self, x, rng=None):
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         lo = -np.inf if self.lo is None else self.lo
         hi = np.inf if self.hi is None else self.hi
         return np.clip(x, lo, hi)
 
     inverse_note: ClassVar[str] = "clip to the same range (lossy)"
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return self.forward(y)
 
-    def describe(self):
+    def describe(self) -> str:
         return f"clip(x, {self.lo}, {self.hi})"
 
 
@@ -102,13 +108,13 @@ class NegativeTo(Step):
     kind: ClassVar[str] = "negative_to"
     invertible: ClassVar[bool] = False
 
-    def forward(self, x, rng=None):
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         return np.where(x < 0, self.value, x)
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return y
 
-    def describe(self):
+    def describe(self) -> str:
         return f"x<0 -> {self.value}"
 
 
@@ -119,14 +125,14 @@ class Log(Step):
     offset: float = 0.0
     kind: ClassVar[str] = "log"
 
-    def forward(self, x, rng=None):
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(x + self.offset)
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.exp(y) - self.offset
 
-    def describe(self):
+    def describe(self) -> str:
         return f"log(x + {self.offset})" if self.offset else "log(x)"
 
 
@@ -136,14 +142,14 @@ class Log1p(Step):
 
     kind: ClassVar[str] = "log1p"
 
-    def forward(self, x, rng=None):
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log1p(x)
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.expm1(y)
 
-    def describe(self):
+    def describe(self) -> str:
         return "log1p(x)"
 
 
@@ -160,14 +166,14 @@ class Arctan(Step):
     shift: float = 0.0
     kind: ClassVar[str] = "arctan"
 
-    def forward(self, x, rng=None):
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         return np.arctan(self.scale * (x - self.shift))
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         edge = np.nextafter(np.pi / 2, 0.0)
         return np.tan(np.clip(y, -edge, edge)) / self.scale + self.shift
 
-    def describe(self):
+    def describe(self) -> str:
         inner = f"(x - {self.shift})" if self.shift else "x"
         return f"arctan({self.scale}*{inner})"
 
@@ -187,18 +193,17 @@ class SmearSpike(Step):
     kind: ClassVar[str] = "smear_spike"
     random: ClassVar[bool] = True
 
-    def forward(self, x, rng=None):
-        if rng is None:
-            raise ValueError("SmearSpike.forward needs a numpy Generator (rng)")
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = self._needs(rng)
         mask = x <= self.threshold
         out = x.copy()
         out[mask] = rng.normal(self.mean, self.std, size=int(mask.sum()))
         return out
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.where(y <= self.threshold, self.fill, y)
 
-    def describe(self):
+    def describe(self) -> str:
         return f"x<={self.threshold} -> N({self.mean}, {self.std})"
 
 
@@ -210,15 +215,14 @@ class Dequantize(Step):
     kind: ClassVar[str] = "dequantize"
     random: ClassVar[bool] = True
 
-    def forward(self, x, rng=None):
-        if rng is None:
-            raise ValueError("Dequantize.forward needs a numpy Generator (rng)")
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = self._needs(rng)
         return x + self.sigma * rng.standard_normal(x.shape[0])
 
-    def inverse(self, y):
+    def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.round(y)
 
-    def describe(self):
+    def describe(self) -> str:
         return f"x + {self.sigma}*N(0, 1)"
 
 
