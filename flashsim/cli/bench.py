@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flashsim.cli.options import device_option
+from flashsim.cli.options import count_option, device_option, progress_option, seed_option
 from flashsim.layouts import OBJECTS
 from flashsim.presets import PRESETS
 
@@ -54,56 +54,36 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
     default=None,
     help="Comma-separated measurements: load, train.  [default: load,train]",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=2048, show_default=True)
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Timed optimiser steps per training trial.  [default: 50; quick: 10]",
-)
-@click.option(
+@count_option("--batch-size", default=2048)
+@count_option("--steps", help="Timed optimiser steps per training trial.  [default: 50; quick: 10]")
+@count_option(
     "--load-steps",
-    type=click.IntRange(min=1),
-    default=None,
     help="Timed batches per load-only trial, from the start of the second epoch (the "
     "first is the warm-up).  [default: one epoch]",
 )
-@click.option(
+@count_option(
     "--warmup",
-    type=click.IntRange(min=0),
-    default=None,
+    minimum=0,
     help="Untimed training steps before the timed ones.  [default: 5; quick: 2]",
 )
-@click.option(
+@count_option(
     "--repeats",
-    type=click.IntRange(min=1),
-    default=None,
     help="Interleaved trials per loader and mode; median and spread are "
     "reported.  [default: 3; quick: 2]",
 )
 @device_option(help="auto (CUDA if present), cpu, cuda or cuda:N.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="num_workers of every loader.",
-)
-@click.option(
+@count_option("--workers", minimum=0, default=0, help="num_workers of every loader.")
+@count_option(
     "--threads",
-    type=click.IntRange(min=1),
-    default=None,
     help="torch compute threads during the run.  [default: torch's, the core count; "
     "quick: 1, which is steadier on a machine shared with other work]",
 )
-@click.option(
+@count_option(
     "--rows",
-    type=click.IntRange(min=1),
-    default=None,
     help="Training rows of toy data when it is made.  [default: enough for the "
     "run, at least 200000]",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option(
     "--out-dir",
     type=click.Path(path_type=Path),
@@ -132,7 +112,7 @@ def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
     "repeats, 1 torch thread, its own toy data unless --data is given: under two "
     "minutes on a 2-core CPU (jets). Other options still override.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option()
 def bench_loader(
     data: Path | None,
     out_dir: Path,

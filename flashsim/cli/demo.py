@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from flashsim.cli.options import count_option, quiet_option, seed_option
 from flashsim.demo import DEFAULT_DEMO_DIR
 
 
@@ -17,23 +18,11 @@ from flashsim.demo import DEFAULT_DEMO_DIR
     show_default=True,
     help="Directory for everything the demo writes.",
 )
-@click.option(
-    "--events",
-    type=click.IntRange(min=1000),
-    default=20_000,
-    show_default=True,
-    help="Toy ttbar events to generate.",
-)
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Training epochs of the small preset.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
+@count_option("--events", minimum=1000, default=20_000, help="Toy ttbar events to generate.")
+@count_option("--epochs", default=3, help="Training epochs of the small preset.")
+@seed_option()
 @click.option("--no-bench", is_flag=True, help="Skip the quick loader benchmark.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def demo(out: Path, events: int, epochs: int, seed: int, no_bench: bool, quiet: bool) -> None:
     """Run toy -> prep -> train -> validate -> generate -> bench-loader; nothing to download.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -31,6 +32,44 @@ def positive(ctx: click.Context, param: click.Parameter, value: int | None) -> i
     if value is not None and value < 1:
         raise click.BadParameter("must be >= 1")
     return value
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+"""What ``click.option(...)`` returns: it adds one option to a command function."""
+
+
+def count_option(
+    *decls: str, minimum: int = 1, default: int | None = None, help: str | None = None
+) -> Decorator:
+    """An integer option that must be ``>= minimum``; its default shown unless it is None
+    (the help then says what None means)."""
+    return click.option(
+        *decls,
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def seed_option(help: str | None = None) -> Decorator:
+    """``--seed``: an integer, default 0."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def quiet_option(help: str = "No progress bars.") -> Decorator:
+    """``--quiet``/``-q``: a flag that turns the progress bars (and ``help`` says what else) off."""
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def overwrite_option(help: str = "Replace OUT if it exists (otherwise an error).") -> Decorator:
+    """``--overwrite``: a flag; without it an existing output is an error."""
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def progress_option(help: str | None = None) -> Decorator:
+    """``--progress/--no-progress``, default on."""
+    return click.option("--progress/--no-progress", default=True, show_default=True, help=help)
 
 
 def data_option(command: Callable) -> Callable:

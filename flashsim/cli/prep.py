@@ -10,7 +10,13 @@ import sys
 
 import click
 
-from flashsim.cli.options import branch_map_options, branch_mapping
+from flashsim.cli.options import (
+    branch_map_options,
+    branch_mapping,
+    count_option,
+    overwrite_option,
+    quiet_option,
+)
 from flashsim.options import FINAL_STATE, GEN_MUONS, STORE_FORMATS, SUM_EOOT, SUM_EOOT_LOG1P, ZARR
 from flashsim.store import DEFAULT_DATA_DIR
 
@@ -62,10 +68,9 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     "written in one pass.",
 )
 @click.option("--seed", default=0, type=int, help="Seeds the dequantization noise and the split.")
-@click.option(
+@count_option(
     "--val-rows",
-    type=click.IntRange(min=0),
-    default=None,
+    minimum=0,
     help="Validation rows per object. [default: 100000 for objects with >= 1M rows, else 10 %]",
 )
 @click.option(
@@ -74,19 +79,15 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     default=None,
     help="Validation fraction per object (instead of --val-rows).",
 )
-@click.option(
-    "--chunk-rows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rows per store chunk. [default: ~4 MiB of rows: 32768 jets, 16384 muons]",
+@count_option(
+    "--chunk-rows", help="Rows per store chunk. [default: ~4 MiB of rows: 32768 jets, 16384 muons]"
 )
-@click.option(
+@count_option(
     "--workers",
-    type=click.IntRange(min=1),
     default=1,
     help="Worker processes (or Dask workers with --dask-scheduler local); same rows for any N.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing stores.")
+@overwrite_option("Replace existing stores.")
 @click.option(
     "--strict",
     is_flag=True,
@@ -112,7 +113,7 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Run the per-file tasks on a Dask cluster (tcp://host:8786), or 'local'. "
     "--out must be on a file system the workers share.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@quiet_option("No progress bars and no summary.")
 def prep(
     inputs,
     out_dir,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from flashsim.cli.options import count_option, overwrite_option, quiet_option, seed_option
 from flashsim.options import TOY_PROCESSES, TTBAR
 
 
@@ -18,14 +19,7 @@ def _human_bytes(n: int) -> str:
 
 
 @click.command("toy")
-@click.option(
-    "--events",
-    "-n",
-    type=click.IntRange(min=1),
-    default=100_000,
-    show_default=True,
-    help="Number of events to generate.",
-)
+@count_option("--events", "-n", default=100_000, help="Number of events to generate.")
 @click.option(
     "--out",
     "-o",
@@ -34,14 +28,10 @@ def _human_bytes(n: int) -> str:
     show_default=True,
     help="Output ROOT file (tree 'Events'); written atomically.",
 )
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same events."
-)
-@click.option(
+@seed_option("Random seed: same seed, same events.")
+@count_option(
     "--chunk-events",
-    type=click.IntRange(min=1),
     default=50_000,
-    show_default=True,
     help="Events generated and appended per step; bounds the memory (not the content).",
 )
 @click.option(
@@ -58,14 +48,12 @@ def _human_bytes(n: int) -> str:
     show_default=True,
     help="lz4 (fastest), zstd (files ~30% smaller, slower), zlib, lzma or none; optionally NAME:LEVEL.",
 )
-@click.option(
+@count_option(
     "--workers",
-    type=click.IntRange(min=1),
-    default=None,
     help="Threads generating events while the file is written [default: one per CPU, max 4].",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an error).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@overwrite_option()
+@quiet_option("No progress bar.")
 def toy(events, out, seed, chunk_events, process, compression, workers, overwrite, quiet):
     """Generate toy NanoAOD events: the default input of the demo and the benchmarks.
 
