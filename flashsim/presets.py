@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig, check_known_keys
@@ -118,38 +118,41 @@ class HParams:
         return cls(**values)
 
 
-def _paper(obj: str) -> Preset:
+def _flow(obj: str, **settings: Any) -> FlowConfig:
+    """A flow on ``obj``'s columns with what both presets share (relu, no dropout, batch
+    norm in the residual blocks) and ``settings``."""
     layout = layout_for(obj)
-    hidden = {"jets": 298, "muons": 256}[obj]
-    flow = FlowConfig(
+    return FlowConfig(
         n_targets=layout.n_targets,
         n_conditioning=layout.n_conditioning,
-        num_flow_steps=layout.n_targets,  # 17 for jets, 22 for muons, as in the paper
-        hidden_features=hidden,
-        num_blocks=10,
-        num_bins=128,
-        tail_bound=1.0,
         activation="relu",
         dropout=0.0,
         batch_norm=True,
+        **settings,
+    )
+
+
+def _paper(obj: str) -> Preset:
+    flow = _flow(
+        obj,
+        num_flow_steps=layout_for(obj).n_targets,  # 17 for jets, 22 for muons, as in the paper
+        hidden_features={"jets": 298, "muons": 256}[obj],
+        num_blocks=10,
+        num_bins=128,
+        tail_bound=1.0,
     )
     return Preset("paper", flow, lr=1e-5, epochs=600, batch_size=2048)
 
 
 def _small(obj: str) -> Preset:
-    layout = layout_for(obj)
-    flow = FlowConfig(
-        n_targets=layout.n_targets,
-        n_conditioning=layout.n_conditioning,
+    flow = _flow(
+        obj,
         num_flow_steps=5,
         hidden_features=64,
         num_blocks=2,
         num_bins=16,
         # standardised columns: most of each distribution lies within +-5 std
         tail_bound=5.0,
-        activation="relu",
-        dropout=0.0,
-        batch_norm=True,
         # the stored columns keep the original preprocessing, whose scales range from
         # 0.03 (eta residuals) to 10s (nConstituents): standardising them lets a small
         # flow fit them all within minutes

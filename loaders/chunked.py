@@ -22,17 +22,16 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from flashsim.layouts import DTYPE
-from loaders.base import Batch
 from loaders.plan import EpochPlan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import HDF5Units, ZarrUnits
-from loaders.windows import Product, WindowBuffer, WindowedLoader, slice_batches
+from loaders.windows import Product, WindowBuffer, WindowedLoader
 
 
 def default_threads() -> int:
@@ -73,18 +72,10 @@ class ChunkedZarrLoader(WindowedLoader):
             "buffer_chunks": self.buffer_chunks,
         }
 
-    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
-        plan = self.plan(epoch)
-        first_row = start_batch * self.batch_size
-        window, offset = plan.locate(first_row)
-        products = BackgroundIterator(self._products(plan, window), depth=self.prefetch)
-        try:
-            for parts in slice_batches(products, offset, plan.rows - first_row, self.batch_size):
-                yield self._emit(parts)
-        finally:
-            products.close()
-
     def _products(self, plan: EpochPlan, first_window: int) -> Iterator[Product]:
+        return BackgroundIterator(self._read_windows(plan, first_window), depth=self.prefetch)
+
+    def _read_windows(self, plan: EpochPlan, first_window: int) -> Iterator[Product]:
         """Shuffled windows ``first_window, ...`` (runs in the prefetch thread)."""
         pinned = self.device.type == "cuda"
         spare: list[WindowBuffer] = []  # read buffers whose rows were gathered out

@@ -22,7 +22,7 @@ we check). Otherwise a background thread prefetches.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 
 import numpy as np
@@ -30,11 +30,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from flashsim.errors import StoreError
 from flashsim.layouts import Layout
-from loaders.base import Batch
 from loaders.plan import EpochPlan
 from loaders.prefetch import BackgroundIterator
 from loaders.sources import WebDatasetUnits
-from loaders.windows import Product, WindowBuffer, WindowedLoader, slice_batches
+from loaders.windows import Product, WindowBuffer, WindowedLoader
 
 
 def shard_reads(plan: EpochPlan, units: WebDatasetUnits, windows: Iterable[int]) -> Iterator[dict]:
@@ -168,10 +167,7 @@ class WebDatasetLoader(WindowedLoader):
             "buffer_chunks": self.buffer_chunks,
         }
 
-    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
-        plan = self.plan(epoch)
-        first_row = start_batch * self.batch_size
-        window, offset = plan.locate(first_row)
+    def _products(self, plan: EpochPlan, window: int) -> Iterator[Product]:
         cuda = self.device.type == "cuda"
         dataset = WindowDataset(self.units, plan, window, whole_rows=cuda, pin=cuda)
         if self.num_workers > 0:
@@ -182,13 +178,5 @@ class WebDatasetLoader(WindowedLoader):
                 prefetch_factor=self.prefetch,
                 pin_memory=cuda,
             )
-            products = in_window_order(iter(source), window)
-        else:
-            products = BackgroundIterator(in_window_order(iter(dataset), window), self.prefetch)
-        try:
-            for parts in slice_batches(products, offset, plan.rows - first_row, self.batch_size):
-                yield self._emit(parts)
-        finally:
-            close = getattr(products, "close", None)
-            if close is not None:
-                close()
+            return in_window_order(iter(source), window)
+        return BackgroundIterator(in_window_order(iter(dataset), window), self.prefetch)

@@ -17,14 +17,14 @@ what the two kinds that read this way (chunked, webdataset) share.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import numpy as np
 import torch
 
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import DTYPE, Layout
-from loaders.base import BaseLoader, LoaderOptions
+from loaders.base import BaseLoader, Batch, LoaderOptions
 from loaders.plan import EpochPlan, chunk_plan
 from loaders.sources import StoreInfo, open_units
 
@@ -186,3 +186,21 @@ class WindowedLoader(BaseLoader):
             shuffle=self.shuffle,
             buffer_chunks=self.buffer_chunks,
         )
+
+    def _batches(self, epoch: int, start_batch: int) -> Generator[Batch, None, None]:
+        plan = self.plan(epoch)
+        first_row = start_batch * self.batch_size
+        window, offset = plan.locate(first_row)
+        products = self._products(plan, window)
+        try:
+            for parts in slice_batches(products, offset, plan.rows - first_row, self.batch_size):
+                yield self._emit(parts)
+        finally:  # stop the kind's read-ahead (threads, DataLoader workers) now
+            close = getattr(products, "close", None)
+            if close is not None:
+                close()
+
+    def _products(self, plan: EpochPlan, first_window: int) -> Iterator[Product]:
+        """The products of windows ``first_window, ...`` of ``plan``, read ahead as the
+        kind does it; closed (if it can be) when the epoch ends or is abandoned."""
+        raise NotImplementedError

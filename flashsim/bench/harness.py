@@ -152,6 +152,17 @@ def run_trial(
     return figures
 
 
+def _rates(steps: int, rows: int, wall: float) -> dict[str, float]:
+    """What every trial reports first: timed steps, wall seconds, rows, and the rates."""
+    return {
+        "timed_steps": steps,
+        "wall_s": wall,
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "steps_per_s": steps / wall,
+    }
+
+
 def _time_loading(loader, steps, device, sampler, open_s) -> dict:
     # Warm-up: the whole of epoch 0, which also gives the cold-start rate.
     t0 = time.perf_counter()
@@ -174,11 +185,7 @@ def _time_loading(loader, steps, device, sampler, open_s) -> dict:
     finally:
         stream.close()
     return {
-        "timed_steps": steps,
-        "wall_s": wall,
-        "rows": rows,
-        "rows_per_s": rows / wall,
-        "steps_per_s": steps / wall,
+        **_rates(steps, rows, wall),
         "data_wait_s": None,
         "data_wait_fraction": None,
         "device_busy_s": None,
@@ -217,11 +224,7 @@ def _time_training(stream, steps, warmup, device, sampler, model, optimizer, tra
     wall = time.perf_counter() - t0
     busy = timer.total_s()
     return {
-        "timed_steps": steps,
-        "wall_s": wall,
-        "rows": rows,
-        "rows_per_s": rows / wall,
-        "steps_per_s": steps / wall,
+        **_rates(steps, rows, wall),
         "data_wait_s": wait,
         "data_wait_fraction": min(1.0, wait / wall),
         "device_busy_s": busy,

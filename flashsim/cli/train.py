@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from flashsim.cli.options import data_option, device_option, positive
+from flashsim.cli.options import count_option, data_option, device_option, progress_option
 from flashsim.flow_config import ACTIVATIONS
 from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
@@ -27,14 +27,14 @@ from flashsim.train.config import TrainConfig
     default=None,
     help=f"'paper': the original FlashSim model and schedule; 'small': a few minutes on a CPU.  [default: {DEFAULT_PRESET}]",
 )
-@click.option("--epochs", type=int, callback=positive, help="Epochs (= cosine annealing period).")
-@click.option("--batch-size", type=int, callback=positive, help="Rows per step and per process.")
+@count_option("--epochs", help="Epochs (= cosine annealing period).")
+@count_option("--batch-size", help="Rows per step and per process.")
 @click.option("--lr", type=float, help="Adam learning rate at the start of the cosine schedule.")
 @click.option("--seed", type=int, help="Seed of weights, shuffling and dropout.  [default: 0]")
-@click.option("--flow-steps", type=int, callback=positive, help="Coupling steps of the flow.")
-@click.option("--hidden", type=int, callback=positive, help="Hidden units of the conditioner nets.")
+@count_option("--flow-steps", help="Coupling steps of the flow.")
+@count_option("--hidden", help="Hidden units of the conditioner nets.")
 @click.option("--blocks", type=int, help="Residual blocks per conditioner net.")
-@click.option("--bins", type=int, callback=positive, help="Spline bins.")
+@count_option("--bins", help="Spline bins.")
 @click.option("--tail-bound", type=float, help="Spline interval [-B, B]; linear outside.")
 @click.option("--dropout", type=float, help="Dropout probability in the residual blocks.")
 @click.option("--activation", type=click.Choice(tuple(ACTIVATIONS)), help="Conditioner activation.")
@@ -63,21 +63,14 @@ from flashsim.train.config import TrainConfig
     show_default=True,
     help="Also keep checkpoints/epoch-NNNN.pt every N epochs (0: only last.pt and best.pt).",
 )
-@click.option(
-    "--max-steps-per-epoch", type=int, callback=positive, help="Cap steps per epoch (quick runs)."
-)
-@click.option(
+@count_option("--max-steps-per-epoch", help="Cap steps per epoch (quick runs).")
+@count_option(
     "--stop-after-epochs",
-    type=int,
-    callback=positive,
     help="Stop, resumably, after N epochs in this invocation (e.g. batch-system time limits).",
 )
-@click.option(
+@count_option(
     "--nproc",
-    type=int,
     default=1,
-    show_default=True,
-    callback=positive,
     help="Launch N local processes (DDP: gloo on CPU, NCCL with one GPU each). Under torchrun leave at 1.",
 )
 @click.option(
@@ -98,13 +91,11 @@ from flashsim.train.config import TrainConfig
 @click.option(
     "--num-workers", type=int, default=0, show_default=True, help="Loader worker processes."
 )
-@click.option(
+@count_option(
     "--threads",
-    type=int,
-    callback=positive,
     help="CPU threads for torch (small flows on a busy CPU: try 1).  [default: torch's]",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@progress_option("Progress bar.")
 @click.option(
     "--tensorboard/--no-tensorboard",
     default=True,
