@@ -25,11 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from flashsim.outputs import make_output_dir
+
+if TYPE_CHECKING:
+    from flashsim.validate import ValidationReport
 
 DEFAULT_DEMO_DIR = Path("demo")
 T = TypeVar("T")
@@ -143,7 +146,9 @@ def _prep(toy_path: Path, shards: Path, seed: int, progress: bool) -> None:
     click.echo(str(summary))
 
 
-def _train(shards, run_dir: Path, epochs, steps_per_epoch, seed, progress) -> None:
+def _train(
+    shards: Path, run_dir: Path, epochs: int, steps_per_epoch: int | None, seed: int, progress: bool
+) -> None:
     from flashsim.train import TrainConfig, train
 
     if run_dir.exists():  # the demo's own previous run: start afresh
@@ -167,7 +172,7 @@ def _train(shards, run_dir: Path, epochs, steps_per_epoch, seed, progress) -> No
     click.echo(f"validation loss per epoch: {losses}; loss curve: {run_dir / 'loss.png'}")
 
 
-def _validate(run_dir: Path, shards: Path, seed: int, progress: bool):
+def _validate(run_dir: Path, shards: Path, seed: int, progress: bool) -> ValidationReport:
     from flashsim.validate import validate
 
     validation = validate(run_dir, shards, seed=seed, device="cpu", progress=progress)
@@ -204,7 +209,16 @@ def _bench(out: Path, shards: Path, progress: bool) -> tuple[Path, Path]:
     return bench_json, bench_plot
 
 
-def _print_done(toy_path, shards, run_dir, validation, generated, bench_json, bench_plot, seconds):
+def _print_done(
+    toy_path: Path,
+    shards: Path,
+    run_dir: Path,
+    validation: ValidationReport,
+    generated: Path,
+    bench_json: Path | None,
+    bench_plot: Path | None,
+    seconds: dict[str, float],
+) -> None:
     click.secho("\n== Done", bold=True)
     click.echo(f"toy events   {toy_path}")
     click.echo(f"stores       {shards}/ (inspect: flashsim info {shards}/jets.zarr)")

@@ -5,7 +5,12 @@ Angles in radians, masses in GeV.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import awkward as ak
 
 MUON_MASS = 0.1056583755
 """The muon mass (PDG 2022), GeV."""
@@ -13,7 +18,7 @@ MUON_MASS = 0.1056583755
 _TWO_PI = 2.0 * np.pi
 
 
-def wrap_phi(dphi):
+def wrap_phi(dphi: np.ndarray | ak.Array) -> np.ndarray | ak.Array:
     """Wrap angles (radians, numpy or awkward arrays) to [-π, π) (docs/columns.md)."""
     wrapped = dphi - _TWO_PI * np.floor((dphi + np.pi) / _TWO_PI)
     # floor() can leave exactly +π after rounding; move it to -π

@@ -21,6 +21,7 @@ FlashSimError: Unknown gen-muon definition 'some'; choose one of final-state, al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar, get_args
 
@@ -64,7 +65,7 @@ class Choices(Generic[V]):
     def __contains__(self, value: object) -> bool:
         return value in self.values
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[V]:
         return iter(self.values)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import awkward as ak
@@ -35,7 +35,7 @@ DEFAULT_COMPRESSION = "lz4"
 """LZ4 level 1: the fastest codec uproot writes (ZLIB is ~6x slower on this data)."""
 
 
-def parse_compression(spec: str):
+def parse_compression(spec: str) -> uproot.compression.Compression | None:
     """``"lz4"``, ``"zstd:3"``, ``"none"`` ... -> an uproot compression object (or None)."""
     name, _, level = spec.lower().partition(":")
     if name not in COMPRESSIONS or (level and not level.isdigit()):
@@ -60,7 +60,7 @@ def to_awkward(events: EventChunk) -> dict[str, np.ndarray | ak.Array]:
     return out
 
 
-def _unsigned_counters(tree) -> None:
+def _unsigned_counters(tree: uproot.WritableTree) -> None:
     """Make the generated ``nX`` counters uint32 like NanoAOD's.
 
     uproot always declares counters as int32; we retype them before the first basket is
@@ -101,7 +101,7 @@ def write_events(
     overwrite: bool = False,
     compression: str = DEFAULT_COMPRESSION,
     expected_chunks: int = 10,
-    on_chunk=None,
+    on_chunk: Callable[[int], object] | None = None,
     extra: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write ``chunks`` as the ``Events`` tree of a new ROOT file at ``path``, atomically.

@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ ORIGINAL_FILES = 4
 
 
 def measure(
-    data,
+    data: str | list[str],
     kind: str,
     *,
     object: str | None = None,
@@ -111,7 +112,9 @@ def measure(
     }
 
 
-def _measure_in_child(conn, data, kind: str, torch_threads: int | None, kwargs: dict) -> None:
+def _measure_in_child(
+    conn: Connection, data: str | list[str], kind: str, torch_threads: int | None, kwargs: dict
+) -> None:
     try:
         if torch_threads:
             import torch
@@ -124,7 +127,9 @@ def _measure_in_child(conn, data, kind: str, torch_threads: int | None, kwargs: 
         conn.close()
 
 
-def measure_isolated(data, kind: str, torch_threads: int | None = None, **kwargs) -> dict:
+def measure_isolated(
+    data: str | list[str], kind: str, torch_threads: int | None = None, **kwargs
+) -> dict:
     """:func:`measure` in a fresh process (so peak memory is this kind's alone), with
     ``torch_threads`` intra-op threads if given."""
     ctx = mp.get_context("spawn")

@@ -32,6 +32,7 @@ import torch
 
 from flashsim.bench.resources import BusyTimer, NvmlProbe, ResourceSampler
 from flashsim.errors import FlashSimError
+from loaders.base import BaseLoader
 
 MODES: tuple[str, ...] = ("load", "train")
 
@@ -49,7 +50,7 @@ class Trainer:
 
 
 def batch_stream(
-    loader, start_epoch: int = 0
+    loader: BaseLoader, start_epoch: int = 0
 ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """Batches of ``loader`` without end: epoch after epoch (``set_epoch(start_epoch)``,
     then the next, ...).
@@ -68,7 +69,7 @@ def batch_stream(
 
 
 def batch_stream_epoch(
-    loader, epoch: int
+    loader: BaseLoader, epoch: int
 ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """The batches of epoch ``epoch`` of ``loader``, closing its iterator at the end.
 
@@ -99,7 +100,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_trial(
-    open_loader: Callable[[], object],
+    open_loader: Callable[[], BaseLoader],
     mode: str,
     steps: int | None,
     warmup: int,
@@ -124,30 +125,29 @@ def run_trial(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    model = optimizer = None
+    training = None  # train mode: (trainer, steps, model, optimizer)
     if mode == "train":
         if trainer is None or steps is None:
             raise ValueError("a training trial needs a Trainer and a number of steps")
         model, optimizer = trainer.make()
         model.train()
+        training = (trainer, steps, model, optimizer)
     gc.collect()
     with ResourceSampler(sample_interval_s, device, nvml) as sampler:
         t_open = time.perf_counter()
         loader = open_loader()
         open_s = time.perf_counter() - t_open
-        if mode == "load":
+        if training is None:
             figures = _time_loading(loader, steps, device, sampler, open_s)
         else:
             stream = batch_stream(loader)
             try:
-                figures = _time_training(
-                    stream, steps, warmup, device, sampler, model, optimizer, trainer
-                )
+                figures = _time_training(stream, warmup, device, sampler, *training)
             finally:
                 stream.close()
     figures["open_s"] = open_s
     figures.update(sampler.summary())
-    del loader, model, optimizer
+    del loader, training
     gc.collect()
     return figures
 
@@ -163,7 +163,13 @@ def _rates(steps: int, rows: int, wall: float) -> dict[str, float]:
     }
 
 
-def _time_loading(loader, steps, device, sampler, open_s) -> dict:
+def _time_loading(
+    loader: BaseLoader,
+    steps: int | None,
+    device: torch.device,
+    sampler: ResourceSampler,
+    open_s: float,
+) -> dict:
     # Warm-up: the whole of epoch 0, which also gives the cold-start rate.
     t0 = time.perf_counter()
     warm_rows = 0
@@ -196,8 +202,17 @@ def _time_loading(loader, steps, device, sampler, open_s) -> dict:
     }
 
 
-def _time_training(stream, steps, warmup, device, sampler, model, optimizer, trainer) -> dict:
-    def step(x, y) -> torch.Tensor:
+def _time_training(
+    stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    warmup: int,
+    device: torch.device,
+    sampler: ResourceSampler,
+    trainer: Trainer,
+    steps: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> dict:
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.loss(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

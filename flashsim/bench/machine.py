@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def path_size(path: str | os.PathLike) -> int:
 
 
 def describe_machine(
-    device: torch.device | str, stores: dict[str, str | os.PathLike] | None = None
+    device: torch.device | str, stores: Mapping[str, str | os.PathLike] | None = None
 ) -> dict:
     """Everything needed to compare benchmark numbers across machines.
 

@@ -24,7 +24,7 @@ def ordered(results: list[dict]) -> list[dict]:
     """Results by mode (load, train), then the baseline, the other originals, the rest
     in the order they were given."""
 
-    def key(i_r):
+    def key(i_r: tuple[int, dict]) -> tuple[int, int, int]:
         i, r = i_r
         rank = 0 if r["loader"] == r.get("baseline") else 1 if is_original(r["loader"]) else 2
         return (MODES.index(r["mode"]), rank, i)

@@ -26,7 +26,9 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -98,7 +100,7 @@ class NvmlProbe:
             self._nvml = self._handle = None
 
     @staticmethod
-    def _handle_for(pynvml, device: torch.device):
+    def _handle_for(pynvml: Any, device: torch.device) -> Any:  # pynvml is untyped
         # CUDA and NVML may number devices differently (CUDA_VISIBLE_DEVICES, ordering):
         # match by PCI bus id when torch exposes it.
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -130,7 +132,7 @@ class NvmlProbe:
             self.available = False
 
 
-def _as_str(value) -> str:
+def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -281,7 +283,7 @@ class BusyTimer:
         self._cpu_s = 0.0
 
     @contextlib.contextmanager
-    def span(self):
+    def span(self) -> Iterator[None]:
         if self._cuda:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)

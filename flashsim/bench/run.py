@@ -23,6 +23,7 @@ from flashsim.bench.data import (
     DEFAULT_CACHE_DIR,
     DEFAULT_ROWS,
     QUICK_ROWS,
+    BenchData,
     format_for_kind,
     prepare_bench_data,
     rows_for_run,
@@ -201,14 +202,14 @@ def make_trainer(
         x, y = layout.targets, layout.conditioning
         stats = [torch.from_numpy(a) for a in (s.mean[x], s.std[x], s.mean[y], s.std[y])]
 
-    def make():
+    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         flow = build_flow(preset.flow, seed=seed)
         if stats is not None:
             set_standardization(flow, *stats)
         flow.to(device)
         return flow, torch.optim.Adam(flow.parameters(), lr=preset.lr)
 
-    def loss(flow, x, y):
+    def loss(flow: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # an nflows Flow
         return -flow.log_prob(x, context=y).mean()
 
     return Trainer(make=make, loss=loss)
@@ -282,7 +283,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     }
 
 
-def _bench_data(cfg: BenchConfig, kinds: list[str], progress: bool):
+def _bench_data(cfg: BenchConfig, kinds: list[str], progress: bool) -> BenchData:
     """The stores every loader of ``kinds`` reads (prepared or reused)."""
     return prepare_bench_data(
         cfg.object,
@@ -309,7 +310,17 @@ def _busy_machine_notes(machine: dict) -> list[str]:
     return []
 
 
-def _run_trials(cfg, kinds, modes, data, device, trainer, nvml, machine, progress):
+def _run_trials(
+    cfg: BenchConfig,
+    kinds: list[str],
+    modes: tuple[str, ...],
+    data: BenchData,
+    device: torch.device,
+    trainer: Trainer | None,
+    nvml: NvmlProbe,
+    machine: dict,
+    progress: bool,
+) -> tuple[list[dict], dict[str, str]]:
     """Every (repeat, loader, mode) trial, interleaved: ``(trials, skipped)``, the trials of
     loaders that failed (skipped: loader -> reason) left out. Closes ``nvml``."""
     trials: list[dict] = []

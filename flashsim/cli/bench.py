@@ -11,7 +11,9 @@ from flashsim.layouts import OBJECTS
 from flashsim.presets import PRESETS
 
 
-def _split_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
+def _split_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
     if not value:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())

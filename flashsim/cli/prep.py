@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -17,7 +18,16 @@ from flashsim.cli.options import (
     overwrite_option,
     quiet_option,
 )
-from flashsim.options import FINAL_STATE, GEN_MUONS, STORE_FORMATS, SUM_EOOT, SUM_EOOT_LOG1P, ZARR
+from flashsim.options import (
+    FINAL_STATE,
+    GEN_MUONS,
+    STORE_FORMATS,
+    SUM_EOOT,
+    SUM_EOOT_LOG1P,
+    ZARR,
+    GenMuons,
+    SumEOOT,
+)
 from flashsim.store import DEFAULT_DATA_DIR
 
 
@@ -27,7 +37,7 @@ class _ClickHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def _warnings_to_stderr():
+def _warnings_to_stderr() -> Iterator[None]:
     logger = logging.getLogger("flashsim.prep")
     handler = _ClickHandler(logging.WARNING)
     logger.addHandler(handler)
@@ -115,24 +125,24 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @quiet_option("No progress bars and no summary.")
 def prep(
-    inputs,
-    out_dir,
-    objects,
-    formats,
-    seed,
-    val_rows,
-    val_fraction,
-    chunk_rows,
-    workers,
-    overwrite,
-    strict,
-    gen_muons,
-    sum_eoot,
-    branch_map,
-    branch_options,
-    dask_scheduler,
-    quiet,
-):
+    inputs: tuple[str, ...],
+    out_dir: str,
+    objects: str | None,
+    formats: tuple[str, ...],
+    seed: int,
+    val_rows: int | None,
+    val_fraction: float | None,
+    chunk_rows: int | None,
+    workers: int,
+    overwrite: bool,
+    strict: bool,
+    gen_muons: GenMuons,
+    sum_eoot: SumEOOT,
+    branch_map: str | None,
+    branch_options: tuple[str, ...],
+    dask_scheduler: str | None,
+    quiet: bool,
+) -> None:
     """Turn NanoAOD ROOT (or FlashSim HDF5) files into chunked training stores.
 
     INPUT is a file, a glob, a directory or a .txt list of paths. For each object
@@ -157,7 +167,7 @@ def prep(
             inputs,
             out_dir,
             objects=_split_commas((objects,)) if objects else None,
-            formats=_split_commas(formats),
+            formats=[STORE_FORMATS.normalize(f) for f in _split_commas(formats)],
             seed=seed,
             val_rows=val_rows,
             val_fraction=val_fraction,
@@ -187,7 +197,7 @@ def prep(
     help="Check every chunk against its recorded row count and checksum and list the "
     "damaged ones. Exit 0: whole; 1: damaged; 3: cannot verify (store older than format 2).",
 )
-def info(store, as_json, no_stats, verify):
+def info(store: str, as_json: bool, no_stats: bool, verify: bool) -> None:
     """Show a store's metadata and per-column min/mean/max/std.
 
     STORE is a store written by flashsim prep (shards/jets.zarr, shards/muons-wds,

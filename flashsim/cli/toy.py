@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from flashsim.cli.options import count_option, overwrite_option, quiet_option, seed_option
-from flashsim.options import TOY_PROCESSES, TTBAR
+from flashsim.options import TOY_PROCESSES, TTBAR, ToyProcess
 
 
-def _human_bytes(n: int) -> str:
+def _human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -54,7 +54,17 @@ def _human_bytes(n: int) -> str:
 )
 @overwrite_option()
 @quiet_option("No progress bar.")
-def toy(events, out, seed, chunk_events, process, compression, workers, overwrite, quiet):
+def toy(
+    events: int,
+    out: Path,
+    seed: int,
+    chunk_events: int,
+    process: ToyProcess,
+    compression: str,
+    workers: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Generate toy NanoAOD events: the default input of the demo and the benchmarks.
 
     Writes an 'Events' TTree with NanoAOD names and types (Jet, GenJet, GenPart, Muon,

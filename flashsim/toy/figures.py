@@ -62,7 +62,7 @@ def within_tolerance(figure: str, toy: float, real: float) -> bool:
     return abs(toy - real) <= allowed
 
 
-def _chunk_figures(a) -> tuple[int, int, np.ndarray, int, int]:
+def _chunk_figures(a: ak.Array) -> tuple[int, int, np.ndarray, int, int]:
     idx = a["Jet_genJetIdx"]
     matched = (idx >= 0) & (idx < a["nGenJet"])
     gidx = idx[matched]

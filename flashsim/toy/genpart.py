@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+ArrayOrScalar = np.ndarray | int | float
+"""A per-particle field: one value per particle, or one value for all of them."""
+
 # statusFlags bits (NanoAOD GenPart_statusFlags)
 IS_PROMPT = 1 << 0
 IS_DECAYED_LEPTON_HADRON = 1 << 1
@@ -57,7 +60,9 @@ def offsets_of(counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def sort_within_events(ev: np.ndarray, key: np.ndarray, n_events: int):
+def sort_within_events(
+    ev: np.ndarray, key: np.ndarray, n_events: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Order objects by event, then by ascending ``key`` inside each event.
 
     ``key`` must satisfy ``|key| < 2**22`` (e.g. ``-pt`` in GeV). Returns
@@ -86,8 +91,18 @@ class GenPartBuilder:
         self._groups: list[dict[str, np.ndarray]] = []
         self._n = 0
 
-    def add(self, ev, slot, p4, pdg, status, flags, mother) -> np.ndarray:
-        """Append particles; ``p4`` is (pt, eta, phi, mass); returns their uids."""
+    def add(
+        self,
+        ev: np.ndarray,
+        slot: int,
+        p4: tuple[ArrayOrScalar, ...],
+        pdg: ArrayOrScalar,
+        status: ArrayOrScalar,
+        flags: ArrayOrScalar,
+        mother: ArrayOrScalar,
+    ) -> np.ndarray:
+        """Append particles of events ``ev``; ``p4`` is (pt, eta, phi, mass); each field an
+        array of ``len(ev)`` or one value for all. Returns their uids."""
         n = len(ev)
         uids = np.arange(self._n, self._n + n, dtype=np.int64)
         self._n += n

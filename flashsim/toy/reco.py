@@ -46,7 +46,7 @@ MUON_ETA_MAX = 2.4
 KIND_PILEUP = 7
 
 
-def _sigmoid(x):
+def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -58,12 +58,16 @@ _LIGHT_TAG = (-3.6, 1.1, -2.5, 0.6)  # (B mean, B sd, C-share mean, C-share sd)
 _DEEPFLAV = np.array([_LIGHT_TAG] * 4 + [(-2.0, 1.3, -0.6, 1.2), (2.2, 1.6, -0.5, 1.2)])
 
 
-def _normal_by_class(rng, classes: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def _normal_by_class(
+    rng: np.random.Generator, classes: np.ndarray, mean: np.ndarray, sd: np.ndarray
+) -> np.ndarray:
     """One N(mean[c], sd[c]) draw per object of class ``c`` (table lookups, no masks)."""
     return np.take(mean, classes) + np.take(sd, classes) * rng.standard_normal(len(classes))
 
 
-def _taggers(rng, hflav, no_tracks):
+def _taggers(
+    rng: np.random.Generator, hflav: np.ndarray, no_tracks: np.ndarray
+) -> dict[str, np.ndarray]:
     """b/c-tag scores of a set of jets (dict of float arrays)."""
     n = len(hflav)
     cls = np.where(no_tracks, 0, hflav)  # no tracks: no flavour information
@@ -73,7 +77,7 @@ def _taggers(rng, hflav, no_tracks):
     lb_csv = 0.85 * lb - 0.2 + rng.normal(0, 0.7, n)
     lc_csv = 0.85 * lc + rng.normal(0, 0.6, n)
 
-    def scores(logit_b, logit_share):
+    def scores(logit_b: np.ndarray, logit_share: np.ndarray) -> tuple[np.ndarray, ...]:
         b = _sigmoid(logit_b)
         c = (1.0 - b) * _sigmoid(logit_share)
         cvb = c / (c + b)
@@ -104,7 +108,7 @@ def _taggers(rng, hflav, no_tracks):
     }
 
 
-def _pileup_jets(rng, truth: Truth) -> dict[str, np.ndarray]:
+def _pileup_jets(rng: np.random.Generator, truth: Truth) -> dict[str, np.ndarray]:
     n_pu = truth.pileup["Pileup_nPU"]
     counts = rng.poisson(0.1 * n_pu)
     ev = np.repeat(np.arange(truth.n_events, dtype=np.int64), counts)
@@ -148,7 +152,9 @@ _QGL_MEAN[[_LEPTON, _GLUON, _PILEUP, _HARD]] = (3.0, -0.6, -0.3, 1.5)
 _QGL_SD[[_LEPTON, _GLUON, _PILEUP, _HARD]] = (1.2, 1.3, 1.5, 1.5)
 
 
-def _categorical(rng, classes: np.ndarray, values: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def _categorical(
+    rng: np.random.Generator, classes: np.ndarray, values: np.ndarray, probs: np.ndarray
+) -> np.ndarray:
     """One draw per object among ``values`` with probabilities ``probs[class]`` (inverse
     CDF on a per-class table, no masks)."""
     cdf = np.cumsum(probs, axis=1)
@@ -191,7 +197,13 @@ def _measured_jets(rng: np.random.Generator, truth: Truth):
     return src, take, counts, pt_all[take], eta_all[take], phi
 
 
-def _constituents_and_ids(rng, kind, pt, aeta, no_tracks) -> tuple[np.ndarray, ...]:
+def _constituents_and_ids(
+    rng: np.random.Generator,
+    kind: np.ndarray,
+    pt: np.ndarray,
+    aeta: np.ndarray,
+    no_tracks: np.ndarray,
+) -> tuple[np.ndarray, ...]:
     """nConstituents, qgl, puId and jetId of jets of truth ``kind``: ``(n_const, qgl,
     pu_id, jet_id)``."""
     n = len(pt)
@@ -226,7 +238,9 @@ def _constituents_and_ids(rng, kind, pt, aeta, no_tracks) -> tuple[np.ndarray, .
     return n_const, qgl, pu_id, jet_id
 
 
-def reconstruct_jets(rng: np.random.Generator, truth: Truth):
+def reconstruct_jets(
+    rng: np.random.Generator, truth: Truth
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``Jet`` collection: (fields dict sorted by decreasing pT per event, counts)."""
     src, take, counts, pt, eta, phi = _measured_jets(rng, truth)
     kind, gpt, hflav, n = src["kind"][take], src["pt"][take], src["hadron_flavour"][take], len(take)
@@ -277,7 +291,7 @@ def reconstruct_jets(rng: np.random.Generator, truth: Truth):
 _DISPLACEMENT_CM = {ORIGIN_TAU: 0.004, ORIGIN_B: 0.02, ORIGIN_B_TO_C: 0.025, ORIGIN_C: 0.012}
 
 
-def _fake_muons(rng, truth: Truth) -> dict[str, np.ndarray]:
+def _fake_muons(rng: np.random.Generator, truth: Truth) -> dict[str, np.ndarray]:
     n_pu = truth.pileup["Pileup_nPU"]
     counts = rng.poisson(0.012 + 0.0005 * n_pu)
     ev = np.repeat(np.arange(truth.n_events, dtype=np.int64), counts)
@@ -416,7 +430,9 @@ def _muon_ids(rng: np.random.Generator, mu: dict[str, np.ndarray], ip: dict) -> 
     }
 
 
-def reconstruct_muons(rng: np.random.Generator, truth: Truth):
+def reconstruct_muons(
+    rng: np.random.Generator, truth: Truth
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``Muon`` collection: (fields dict sorted by decreasing pT per event, counts)."""
     mu = _muon_candidates(rng, truth)
     pt, n = mu["pt_reco"], len(mu["pt_reco"])
