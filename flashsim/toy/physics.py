@@ -50,12 +50,16 @@ from flashsim.toy.genpart import (
     sort_within_events,
 )
 from flashsim.toy.kinematics import (
+    FourVector,
     breit_wigner,
     from_mt_y_phi,
     to_pt_eta_phi_m,
     two_body_decay,
 )
 from flashsim.toy.processes import Process
+
+Table = dict[str, np.ndarray]
+"""A set of particles or jets: one array per field (``ev``, ``pt``, ``eta``, ...)."""
 
 # --- constants -------------------------------------------------------------------------
 M_TOP, W_TOP = 172.5, 1.4
@@ -151,7 +155,7 @@ def _radiation(rng: np.random.Generator, n: int, proc: Process) -> dict[str, np.
     }
 
 
-def _recoil(rng, rad, n, sigma):
+def _recoil(rng: np.random.Generator, rad: Table, n: int, sigma: float):
     """Transverse momentum of the hard system balancing the radiation (plus intrinsic kT)."""
     px = -_sum_per_event(rad["ev"], rad["pt"] * np.cos(rad["phi"]), n) + rng.normal(0, sigma, n)
     py = -_sum_per_event(rad["ev"], rad["pt"] * np.sin(rad["phi"]), n) + rng.normal(0, sigma, n)
@@ -164,7 +168,7 @@ _W_BR_ALL = np.array([0.108, 0.108, 0.108, 0.338, 0.338])
 _W_BR_LEPTONIC = np.array([1.0, 1.0, 1.0, 0.0, 0.0]) / 3.0
 
 
-def _decay_w(rng, w_p4, charge, branching):
+def _decay_w(rng: np.random.Generator, w_p4: FourVector, charge: np.ndarray, branching: np.ndarray):
     """W -> f f'; returns per-W daughter (pdg, p4) pairs as arrays of shape (2, n_w)."""
     n = len(charge)
     mode = rng.choice(len(branching), size=n, p=branching)
@@ -181,7 +185,7 @@ class _HardProcess:
     leptons: dict[str, np.ndarray]  # W leptons (final copies): ev, pt, eta, phi, pdg, uid
 
 
-def _incoming(rng, builder, n):
+def _incoming(rng: np.random.Generator, builder: GenPartBuilder, n: int):
     ev = np.arange(n, dtype=np.int64)
     choices = np.array([21, 2, 1, -2, -1, 3, -3])
     probs = np.array([0.5, 0.15, 0.1, 0.08, 0.08, 0.05, 0.04])
@@ -203,14 +207,30 @@ def _incoming(rng, builder, n):
     return uids[0]
 
 
-def _add_resonance(builder, ev, slot, p4, pdg, mother):
+def _add_resonance(
+    builder: GenPartBuilder,
+    ev: np.ndarray,
+    slot: int,
+    p4: FourVector,
+    pdg: np.ndarray | int,
+    mother: np.ndarray | int,
+) -> np.ndarray:
     """A top or W: one status-62 entry (NanoAOD also keeps the status-22 first copy; the
     toy saves the space, its kinematics would be the same)."""
     pt, eta, phi, m = to_pt_eta_phi_m(p4)
     return builder.add(ev, slot, (pt, eta, phi, m), pdg, 62, FLAGS_RESONANCE, mother)
 
 
-def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
+def _w_daughters(
+    rng: np.random.Generator,
+    builder: GenPartBuilder,
+    ev: np.ndarray,
+    w_uid: np.ndarray,
+    pdg: np.ndarray,
+    p4s: tuple[FourVector, FourVector],
+    masses: np.ndarray,
+    slot: int,
+):
     """GenPart entries of W decay products; returns (jet partons, final leptons)."""
     parts_q, parts_l = [], []
     for k in range(2):  # the two daughters of every W, as two vectorized groups
@@ -244,13 +264,33 @@ def _w_daughters(rng, builder, ev, w_uid, pdg, p4s, masses, slot):
     return _cat(parts_q), _cat(parts_l)
 
 
-def _status_23(builder, i, ev, slot, kin, mass, pdg, flags, parent) -> np.ndarray:
+def _status_23(
+    builder: GenPartBuilder,
+    i: np.ndarray,
+    ev: np.ndarray,
+    slot: int,
+    kin: tuple[np.ndarray, np.ndarray, np.ndarray],
+    mass: np.ndarray,
+    pdg: np.ndarray,
+    flags: int,
+    parent: np.ndarray,
+) -> np.ndarray:
     """Status-23 (hard-process) GenPart entries of the particles ``i``; their uids."""
     pt, eta, phi = kin
     return builder.add(ev[i], slot, (pt[i], eta[i], phi[i], mass[i]), pdg[i], 23, flags, parent[i])
 
 
-def _w_leptons(rng, builder, ev, w_uid, pdg, kin, lep, mass, slot) -> dict[str, np.ndarray]:
+def _w_leptons(
+    rng: np.random.Generator,
+    builder: GenPartBuilder,
+    ev: np.ndarray,
+    w_uid: np.ndarray,
+    pdg: np.ndarray,
+    kin: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lep: np.ndarray,
+    mass: np.ndarray,
+    slot: int,
+) -> dict[str, np.ndarray]:
     """GenPart entries of the charged leptons ``lep`` of W decays (``kin``: pt, eta, phi of
     all daughters); half of them with a status-23 hard-process copy before FSR. Returns
     the final leptons."""
@@ -294,7 +334,7 @@ def _cat(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
 
 
-def _ttbar(rng, n, rad) -> _HardProcess:
+def _ttbar(rng: np.random.Generator, n: int, rad: Table) -> _HardProcess:
     b = GenPartBuilder()
     ev = np.arange(n, dtype=np.int64)
     inc = _incoming(rng, b, n)
@@ -329,7 +369,7 @@ def _ttbar(rng, n, rad) -> _HardProcess:
     return _HardProcess(b, _cat(jets), _cat(leptons))
 
 
-def _wjets(rng, n, rad) -> _HardProcess:
+def _wjets(rng: np.random.Generator, n: int, rad: Table) -> _HardProcess:
     b = GenPartBuilder()
     ev = np.arange(n, dtype=np.int64)
     inc = _incoming(rng, b, n)
@@ -344,7 +384,7 @@ def _wjets(rng, n, rad) -> _HardProcess:
 
 
 # --- taus and heavy flavour ---------------------------------------------------------------
-def _tau_decays(rng, builder, taus):
+def _tau_decays(rng: np.random.Generator, builder: GenPartBuilder, taus: Table):
     """Collinear tau decays: returns (light leptons from taus, visible hadronic taus)."""
     m = len(taus["ev"])
     u = rng.random(m)
@@ -376,7 +416,7 @@ _B_HADRONS = np.array([511, 521, 531, 5122])
 _C_HADRONS = np.array([421, 411, 431, 4122])
 
 
-def _heavy_flavour(rng, builder, jp):
+def _heavy_flavour(rng: np.random.Generator, builder: GenPartBuilder, jp: Table):
     """B/D hadrons of b/c jet partons and their semileptonic muons.
 
     Returns the per-parton neutrino loss (GeV), muon pT inside (0 if none), and the
@@ -443,7 +483,9 @@ def _heavy_flavour(rng, builder, jp):
 
 
 # --- the block --------------------------------------------------------------------------
-def _prompt_leptons(rng, builder, leptons) -> tuple[dict, np.ndarray, dict]:
+def _prompt_leptons(
+    rng: np.random.Generator, builder: GenPartBuilder, leptons: Table
+) -> tuple[dict, np.ndarray, dict]:
     """Prompt leptons from W: taus decay, electrons and muons are final. Returns the final
     light leptons (from W and tau decays), their origin and the visible hadronic taus."""
     is_tau = np.abs(leptons["pdg"]) == 15
@@ -457,7 +499,9 @@ def _prompt_leptons(rng, builder, leptons) -> tuple[dict, np.ndarray, dict]:
     return all_lep, lep_origin, tau_h
 
 
-def _hadronize(rng, jp: dict, nu_loss: np.ndarray, n_hard: int) -> dict[str, np.ndarray]:
+def _hadronize(
+    rng: np.random.Generator, jp: dict, nu_loss: np.ndarray, n_hard: int
+) -> dict[str, np.ndarray]:
     """Truth jets of the jet partons ``jp`` (the first ``n_hard`` from the hard process)."""
     n_jp = len(jp["ev"])
     apdg = np.abs(jp["pdg"])
@@ -483,7 +527,15 @@ def _hadronize(rng, jp: dict, nu_loss: np.ndarray, n_hard: int) -> dict[str, np.
     }
 
 
-def _truth_jets(rng, jp, pj, all_lep, tau_h, mu_inside, semilep) -> dict[str, np.ndarray]:
+def _truth_jets(
+    rng: np.random.Generator,
+    jp: Table,
+    pj: Table,
+    all_lep: Table,
+    tau_h: Table,
+    mu_inside: np.ndarray,
+    semilep: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Every truth jet: parton jets ``pj`` (of partons ``jp``), then lepton jets (prompt
     e / mu from W or tau), then visible hadronic taus (see :class:`Truth`)."""
     a_lep = np.abs(all_lep["pdg"])
@@ -536,7 +588,14 @@ def _genjets(jets: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray]
     return genjets, gj_counts
 
 
-def _gen_muons(all_lep, lep_origin, hf_muons, local_of_uid, j_offset, jets) -> dict:
+def _gen_muons(
+    all_lep: Table,
+    lep_origin: np.ndarray,
+    hf_muons: Table,
+    local_of_uid: np.ndarray,
+    j_offset: int,
+    jets: Table,
+) -> dict:
     """Status-1 gen muons with what reco needs about them (see :class:`Truth`); lepton
     jets start at ``j_offset`` in ``jets``."""
     lep_is_mu = np.abs(all_lep["pdg"]) == 13
