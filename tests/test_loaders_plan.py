@@ -14,6 +14,13 @@ from loaders.plan import (
 )
 
 
+def single_rank_plan(unit_rows, **settings):
+    """:func:`chunk_plan` of rank 0 of 1, seed 0, epoch 0, no drop_last, shuffled windows
+    of 2 units; ``settings`` override."""
+    kw = dict(seed=0, epoch=0, rank=0, world_size=1, drop_last=False, shuffle=True)
+    return chunk_plan(unit_rows, **{**kw, "buffer_chunks": 2, **settings})
+
+
 def plan_rows(plan, unit_start) -> np.ndarray:
     """Global store row indices of a plan's pieces, in stream order."""
     return np.concatenate(
@@ -73,18 +80,7 @@ def test_ranks_cover_every_row_with_equal_shares(seed, drop_last):
 
 def test_groups_stay_together_and_in_order():
     unit_rows = np.full(12, 10)
-    plan = chunk_plan(
-        unit_rows,
-        group_sizes=np.array([4, 4, 4]),
-        seed=3,
-        epoch=0,
-        rank=0,
-        world_size=1,
-        batch_size=7,
-        drop_last=False,
-        shuffle=True,
-        buffer_chunks=2,
-    )
+    plan = single_rank_plan(unit_rows, group_sizes=np.array([4, 4, 4]), seed=3, batch_size=7)
     units = plan.pieces[:, 0]
     assert sorted(units.tolist()) == list(range(12))
     for g in range(3):  # each shard's samples are contiguous and ascending in the stream
@@ -93,28 +89,17 @@ def test_groups_stay_together_and_in_order():
 
 
 def test_order_depends_on_seed_and_epoch_only():
-    kw = dict(rank=0, world_size=1, batch_size=8, drop_last=False, shuffle=True, buffer_chunks=2)
     units = np.full(30, 16)
-    a = chunk_plan(units, seed=1, epoch=2, **kw)
-    b = chunk_plan(units, seed=1, epoch=2, **kw)
-    c = chunk_plan(units, seed=1, epoch=3, **kw)
+    a = single_rank_plan(units, seed=1, epoch=2, batch_size=8)
+    b = single_rank_plan(units, seed=1, epoch=2, batch_size=8)
+    c = single_rank_plan(units, seed=1, epoch=3, batch_size=8)
     np.testing.assert_array_equal(a.pieces, b.pieces)
     np.testing.assert_array_equal(a.window_order(0), b.window_order(0))
     assert not np.array_equal(a.pieces, c.pieces)
 
 
 def test_locate_finds_the_window_and_offset_of_a_row():
-    plan = chunk_plan(
-        np.array([5, 5, 5, 5, 3]),
-        seed=0,
-        epoch=0,
-        rank=0,
-        world_size=1,
-        batch_size=4,
-        drop_last=False,
-        shuffle=False,
-        buffer_chunks=2,
-    )
+    plan = single_rank_plan(np.array([5, 5, 5, 5, 3]), batch_size=4, shuffle=False)
     np.testing.assert_array_equal(plan.window_rows, [10, 10, 3])
     assert plan.locate(0) == (0, 0)
     assert plan.locate(9) == (0, 9)
