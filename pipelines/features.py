@@ -52,13 +52,13 @@ N_STATUS_BITS = 15
 _LEPTONS = (11, 13, 15)
 
 
-def _jagged(arr) -> tuple[np.ndarray, np.ndarray]:
+def _jagged(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     """A jagged (events x objects) array as ``(counts per event, flat values)`` numpy arrays."""
     counts = np.asarray(ak.num(arr, axis=1), dtype=np.int64)
     return counts, np.asarray(ak.to_numpy(ak.flatten(arr, axis=1)))
 
 
-def _flat(arr) -> np.ndarray:
+def _flat(arr: ak.Array) -> np.ndarray:
     return _jagged(arr)[1]
 
 
@@ -162,7 +162,11 @@ class _Partners:
     """
 
     def __init__(
-        self, ev: Mapping, counts: np.ndarray, gen_index: np.ndarray, reco_mask=None
+        self,
+        ev: Mapping,
+        counts: np.ndarray,
+        gen_index: np.ndarray,
+        reco_mask: np.ndarray | None = None,
     ) -> None:
         self.ev = ev
         self.counts = counts
@@ -209,7 +213,7 @@ def gen_muon_mask(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE)
     return mask
 
 
-def _jet_conditioning(ev: Mapping, jets: _Partners, gen_muons: str) -> dict[str, np.ndarray]:
+def _jet_conditioning(ev: Mapping, jets: _Partners, gen_muons: GenMuons) -> dict[str, np.ndarray]:
     columns = {col: jets.gen(b).astype(np.float64) for col, b in GENJET_VALUE_BRANCHES.items()}
     part_counts, _ = _jagged(ev["GenPart_pdgId"])
     is_muon = np.asarray(ak.to_numpy(ak.flatten(gen_muon_mask(ev, gen_muons), axis=1)))

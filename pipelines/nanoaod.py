@@ -20,10 +20,14 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import awkward as ak
 
 from flashsim.errors import InputError
+
+if TYPE_CHECKING:
+    import uproot  # imported where a file is opened: a slow import
 
 EVENTS = "Events"
 
@@ -106,7 +110,7 @@ def close_cached() -> None:
         entries.popitem()[1][0].close()
 
 
-def _storage(events) -> str:
+def _storage(events: uproot.TTree | uproot.RNTuple) -> str:
     return "RNTuple" if "RNTuple" in type(events).__name__ else "TTree"
 
 
@@ -115,7 +119,7 @@ def _canonical(key: str) -> str:
     return key.replace(".", "_", 1) if "." in key else key
 
 
-def _key_map(events) -> dict[str, str]:
+def _key_map(events: uproot.TTree | uproot.RNTuple) -> dict[str, str]:
     """Canonical branch name -> the file's own key, for flat and nested layouts alike."""
     return {_canonical(k): k for k in events.keys()}  # noqa: SIM118 (uproot object, not a dict)
 

@@ -156,9 +156,12 @@ def run_task(task: Task, on_step: Callable[[int], None] | None = None) -> TaskRe
     if task.stop <= task.start:  # an empty input: hashed, nothing to read
         return result
     if task.kind == "root":
-        steps = iterate_steps(task.path, task.plan.reads, task.start, task.stop, task.step_events)
+        plan = task.plan
+        if plan is None:
+            raise ValueError(f"ROOT task {task.path} has no BranchPlan")  # prep always sets one
+        steps = iterate_steps(task.path, plan.reads, task.start, task.stop, task.step_events)
         for step, n_events, arrays in steps:
-            events = materialize(arrays, task.plan, n_events)
+            events = materialize(arrays, plan, n_events)
             for obj in task.objects:
                 layout = layout_for(obj)
                 raw = FEATURES[obj](events, task.gen_muons)
