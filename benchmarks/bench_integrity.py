@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from flashsim.store import read_metadata
 from pipelines.writers import default_chunk_rows, write_store
 
 
-def _median_s(fn, repeats: int) -> float:
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()

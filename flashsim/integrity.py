@@ -40,7 +40,7 @@ def chunk_digest(rows: np.ndarray) -> str:
     """XXH3-64 (16 hex digits) of ``rows`` as contiguous float32 bytes."""
     import xxhash
 
-    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(rows, dtype=np.float32))
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(rows, dtype=np.float32).data)
 
 
 @dataclass(frozen=True)

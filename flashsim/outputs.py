@@ -31,7 +31,7 @@ from pathlib import Path
 
 from flashsim.errors import StoreError
 
-_ADVICE = {
+_ADVICE: dict[int | None, str] = {  # keyed by OSError.errno, which may be None
     errno.ENOSPC: "the file system is full: free space there or choose another --out",
     errno.EDQUOT: "the disk quota is exhausted: free space or choose another --out",
     errno.EFBIG: "the file is larger than that file system allows: choose another --out",

@@ -19,12 +19,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flashsim.errors import InputError
 from flashsim.layouts import DTYPE, Layout, layout_for_width
 from flashsim.store import HDF5_SPLIT_DATASETS, META_KEY
+
+if TYPE_CHECKING:
+    import h5py  # imported where a file is opened
 
 DATA = HDF5_SPLIT_DATASETS["train"]  # "data", the original FlashSim dataset name
 VAL = HDF5_SPLIT_DATASETS["val"]
@@ -121,7 +125,7 @@ def iterate_row_steps(
             yield lo // step_rows, _read_rows(f, info, lo, hi)
 
 
-def _read_rows(f, info: HDF5Info, lo: int, hi: int) -> np.ndarray:
+def _read_rows(f: h5py.File, info: HDF5Info, lo: int, hi: int) -> np.ndarray:
     """Rows ``[lo, hi)`` of ``data`` then ``val`` as float32; a damaged file is an InputError."""
     try:
         parts = []

@@ -13,6 +13,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+from types import FrameType
 
 import click
 
@@ -31,7 +32,7 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _terminate(signum, frame) -> None:
+def _terminate(signum: int, frame: FrameType | None) -> None:
     # Worker processes (prep --workers) do not get the parent's SIGTERM: stop them first,
     # so that the parent's cleanup does not wait for their tasks to finish.
     for child in multiprocessing.active_children():
