@@ -28,6 +28,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from flashsim.errors import StoreError
 
@@ -212,7 +213,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def strict_json(value):
+def strict_json(value: Any) -> Any:
     """``value`` with every non-finite float replaced by ``None`` and paths by strings,
     recursively through dicts, lists and tuples (standard JSON has no NaN)."""
     if isinstance(value, float):

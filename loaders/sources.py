@@ -97,7 +97,10 @@ def locate(
             f"Use kind='original-{obj}' or drop the object argument."
         )
     obj = obj or implied
-    if isinstance(data, (list, tuple)):
+    paths: tuple[Path, ...]
+    if isinstance(data, (str, os.PathLike)):
+        paths = (_store_for(data, kind, obj),)
+    else:
         if kind != "original-muons" and len(data) != 1:
             raise FlashSimError(
                 f"Only the original-muons kind reads several files; kind {kind!r} got "
@@ -106,8 +109,6 @@ def locate(
         paths = tuple(_store_for(p, kind, obj) for p in data)
         if not paths:
             raise FlashSimError("No input files given: pass a store path or a prep directory.")
-    else:
-        paths = (_store_for(data, kind, obj),)
     metas = [read_metadata(p) for p in paths]
     layout = store_layout(metas[0], expected_object=obj, path=str(paths[0]))
     for p, m in zip(paths[1:], metas[1:], strict=True):
@@ -208,7 +209,7 @@ class ZarrUnits:
 
         self.path, self.split, self.layout = path, split, layout
         try:
-            self._array = zarr.open_group(path, mode="r")[split]
+            self._array = zarr.open_array(path, path=split, mode="r")
         except Exception as err:  # missing array, damaged metadata
             raise StoreError(
                 f"{path} has no readable {split!r} array ({type(err).__name__}: {err}). "
@@ -451,7 +452,7 @@ class WebDatasetUnits:
                 f"truncated or damaged. {_DAMAGED_ADVICE}"
             ) from None
 
-    def _check_sample(self, sample: dict, rows: np.ndarray, shard) -> None:
+    def _check_sample(self, sample: dict, rows: np.ndarray, shard: Path) -> None:
         # Keys are f"{split}-{unit:08d}" (pipelines.writers): the unit's record entry.
         key = str(sample.get("__key__", ""))
         prefix, _, number = key.rpartition("-")
@@ -496,7 +497,7 @@ class WebDatasetUnits:
         self._check_sample(sample, rows, shard)
         return rows
 
-    def iter_shard(self, shard: Path):
+    def iter_shard(self, shard: Path) -> Iterator[tuple[int, np.ndarray]]:
         """``(position, rows)`` of every sample of ``shard``, in order, read with webdataset."""
         for pos, sample in enumerate(self.samples(shard)):
             yield pos, self.decode(sample, shard)
@@ -522,5 +523,10 @@ def open_units(store: StoreInfo, split: str) -> Units:
     """The unit source of ``split`` of ``store``."""
     if split not in SPLITS:
         raise FlashSimError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-    cls = {"zarr": ZarrUnits, "hdf5": HDF5Units, "webdataset": WebDatasetUnits}[store.format]
+    kinds: dict[str, type[Units]] = {
+        "zarr": ZarrUnits,
+        "hdf5": HDF5Units,
+        "webdataset": WebDatasetUnits,
+    }
+    cls = kinds[store.format]
     return cls(store.path, split, store.layout, chunk_record(store.metadata, split))
