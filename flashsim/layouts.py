@@ -31,6 +31,45 @@ DTYPE = np.dtype("float32")
 
 
 @dataclass(frozen=True)
+class Discriminant:
+    """A target column that separates two classes of objects (one ROC curve).
+
+    Attributes:
+        column: the target column (physical values; higher = more signal-like).
+        signal, background: names of classes of :class:`ColumnRoles`.
+    """
+
+    column: str
+    signal: str
+    background: str
+
+
+@dataclass(frozen=True)
+class ColumnRoles:
+    """What the columns of a layout mean physically (used by the conditioning checks of
+    ``flashsim validate``, :mod:`flashsim.conditioning`).
+
+    Attributes:
+        class_column: conditioning column whose physical value gives an object's class.
+        classes: ``(name, value)`` pairs: rows with ``class_column == value`` belong to
+            class ``name`` (rows with other values to none).
+        gen_pt, gen_eta: conditioning columns of the generator-level pT (GeV) and eta.
+        responses: target columns whose mean and RMS are profiled versus gen pT and eta.
+        discriminants: ROC checks by true class.
+        discrete: integer-valued target columns (compared after rounding, with
+            randomised ranks for ties).
+    """
+
+    class_column: str
+    classes: tuple[tuple[str, float], ...]
+    gen_pt: str
+    gen_eta: str
+    responses: tuple[str, ...]
+    discriminants: tuple[Discriminant, ...]
+    discrete: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Layout:
     """Column layout of one object kind.
 
@@ -39,11 +78,20 @@ class Layout:
         columns: column names, in storage order.
         n_conditioning: the first ``n_conditioning`` columns are the conditioning
             (generator level); the rest are the targets (reconstructed level).
+        roles: what the columns mean physically (classes, gen pT/eta, taggers, ...).
     """
 
     object: str
     columns: tuple[str, ...]
     n_conditioning: int
+    roles: ColumnRoles | None = None
+
+    def __post_init__(self) -> None:
+        if self.roles is not None:  # every column a role names is in the layout
+            r = self.roles
+            names = (r.class_column, r.gen_pt, r.gen_eta, *r.responses, *r.discrete)
+            for name in (*names, *(d.column for d in r.discriminants)):
+                self.index(name)
 
     @property
     def n_columns(self) -> int:
@@ -90,6 +138,46 @@ class Layout:
 
 _MUON_VARS = ("dr", "pt", "deta", "dphi")
 
+_B_TAGGERS = ("MJet_btagCMVA", "MJet_btagCSVV2", "MJet_btagDeepB", "MJet_btagDeepFlavB")
+_C_TAGGERS = ("MJet_btagDeepC", "MJet_btagDeepFlavC")
+
+JET_ROLES = ColumnRoles(
+    # hadron flavour: 5 b, 4 c, 0 light (u, d, s, g)
+    class_column="MGenJet_hadronFlavour",
+    classes=(("b", 5.0), ("c", 4.0), ("light", 0.0)),
+    gen_pt="MGenJet_pt",
+    gen_eta="MGenJet_eta",
+    responses=("MJet_ptRatio", "MJet_etaMinusGen", "MJet_phiMinusGen"),
+    discriminants=(
+        *(Discriminant(t, "b", "light") for t in _B_TAGGERS),
+        *(Discriminant(t, "c", "light") for t in _B_TAGGERS),
+        *(Discriminant(t, "c", "light") for t in _C_TAGGERS),
+    ),
+    discrete=("MJet_nConstituents", "MJet_puId", "MJet_jetId"),
+)
+
+MUON_ROLES = ColumnRoles(
+    # statusFlags bit 0: isPrompt (from the hard process or a prompt tau)
+    class_column="MGenPart_statusFlags0",
+    classes=(("prompt", 1.0), ("non-prompt", 0.0)),
+    gen_pt="MGenMuon_pt",
+    gen_eta="MGenMuon_eta",
+    responses=("MMuon_ptRatio", "MMuon_etaMinusGen", "MMuon_phiMinusGen"),
+    # non-prompt muons (b/c decays in jets) are less isolated and displaced
+    discriminants=(
+        Discriminant("MMuon_pfRelIso03_all", "non-prompt", "prompt"),
+        Discriminant("MMuon_ip3d", "non-prompt", "prompt"),
+    ),
+    discrete=(
+        "MMuon_isGlobal",
+        "MMuon_isPFcand",
+        "MMuon_isTracker",
+        "MMuon_mediumId",
+        "MMuon_softId",
+        "MMuon_softMvaId",
+    ),
+)
+
 JETS = Layout(
     object="jets",
     columns=(
@@ -120,6 +208,7 @@ JETS = Layout(
         "MJet_jetId",
     ),
     n_conditioning=14,
+    roles=JET_ROLES,
 )
 
 MUONS = Layout(
@@ -165,6 +254,7 @@ MUONS = Layout(
         "MMuon_softMvaId",
     ),
     n_conditioning=30,
+    roles=MUON_ROLES,
 )
 
 LAYOUTS: dict[str, Layout] = {JETS.object: JETS, MUONS.object: MUONS}

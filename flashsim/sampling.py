@@ -65,6 +65,37 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+@torch.no_grad()
+def sample_with_noise(
+    flow: flows.Flow,
+    conditioning: np.ndarray,
+    noise: np.ndarray,
+    batch_rows: int = SAMPLE_BATCH_ROWS,
+) -> np.ndarray:
+    """Push base-distribution ``noise`` through the inverse of ``flow``.
+
+    Args:
+        flow: an nflows flow (in eval mode for reproducible batch norm); it runs on the
+            device of its parameters.
+        conditioning: ``(N, n_conditioning)`` float32, preprocessed.
+        noise: ``(N, n_targets)`` float32 draws of the standard normal base.
+        batch_rows: rows per pass (bounds memory, not the result).
+
+    Returns:
+        ``(N, n_targets)`` float32 targets in the preprocessed space.
+    """
+    device = next(flow.parameters()).device
+    out = np.empty_like(noise)
+    transform, embedding = flow._transform, flow._embedding_net
+    for start in range(0, len(conditioning), batch_rows):
+        stop = start + batch_rows
+        y = torch.from_numpy(conditioning[start:stop]).to(device)
+        z = torch.from_numpy(noise[start:stop]).to(device)
+        x, _ = transform.inverse(z, context=embedding(y))
+        out[start:stop] = x.cpu().numpy()
+    return out
+
+
 @dataclass
 class TrainedFlow:
     """A trained conditional flow with the layout and preprocessing it was trained with.
@@ -144,15 +175,7 @@ class TrainedFlow:
         # its base distribution is a standard normal independent of the context.)
         rng = np.random.default_rng(seed)
         noise = rng.standard_normal((len(conditioning), self.layout.n_targets), dtype=DTYPE)
-        out = np.empty_like(noise)
-        transform, embedding = self.flow._transform, self.flow._embedding_net
-        for start in range(0, len(conditioning), batch_rows):
-            stop = start + batch_rows
-            y = torch.from_numpy(conditioning[start:stop]).to(self.device)
-            z = torch.from_numpy(noise[start:stop]).to(self.device)
-            x, _ = transform.inverse(z, context=embedding(y))
-            out[start:stop] = x.cpu().numpy()
-        return out
+        return sample_with_noise(self.flow, conditioning, noise, batch_rows)
 
     def to_physical(self, targets: np.ndarray) -> np.ndarray:
         """Preprocessed targets ``(N, n_targets)`` -> physical values (float32)."""
