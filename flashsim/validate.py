@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +41,9 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from flashsim import __version__
+from flashsim.conditioning import CheckRows, check_conditioning, table_lines
+from flashsim.conditioning.pit import DEFAULT_SAMPLES
+from flashsim.conditioning.report import DEFAULT_PIT_ROWS
 from flashsim.errors import FlashSimError, StoreError
 from flashsim.layouts import DTYPE
 from flashsim.outputs import atomic_output, strict_json
@@ -52,6 +56,13 @@ PNG_NAME = "validation.png"
 SAMPLE_CHUNK_ROWS = 16_384
 """Rows sampled per call (and per progress-bar step); chunk ``i`` uses a seed derived
 from ``(seed, i)``, so results depend on the seed, not on the device's batch size."""
+
+METRIC_NOTES = {
+    "w1": "Wasserstein-1 distance FlashSim vs FullSim, preprocessed space, over the FullSim std there",
+    "w1_floor": "the same between two random halves of the FullSim rows",
+    "fullsim/flashsim": "mean, std, 5/50/95 % quantiles in physical units",
+    "conditioning": "checks of p(targets | conditioning), each with a floor: see docs/validation.md",
+}
 
 QUANTILES = (0.05, 0.50, 0.95)
 HIST_RANGE_QUANTILES = (0.005, 0.995)
@@ -118,7 +129,14 @@ class ValidationReport:
         seed: seed of the sampling and of the FullSim halves.
         columns: one :class:`ColumnMetrics` per target column, in layout order.
         summary: ``mean_w1``, ``mean_w1_floor`` (means over columns), ``worst_column``,
-            ``worst_w1``, ``nonfinite`` (total non-finite FlashSim samples).
+            ``worst_w1``, ``nonfinite`` (total non-finite FlashSim samples); with the
+            conditioning checks also ``pit_ks_max``, ``pit_ks_floor``, ``delta_nll``,
+            ``delta_nll_err``, ``max_delta_auc``, ``max_delta_auc_floor``,
+            ``max_delta_rho``, ``max_delta_rho_floor``, ``profile_chi2_ndf_max``,
+            ``profile_chi2_ndf_floor`` and where each worst case is (docs/validation.md).
+        plots: ``{file name: path}`` of the figures (``validation.png``, and with the
+            conditioning checks ``profiles.png``, ``roc.png``, ``correlations.png``,
+            ``pit.png``).
     """
 
     json_path: Path
@@ -130,6 +148,7 @@ class ValidationReport:
     seed: int
     columns: list[ColumnMetrics]
     summary: dict
+    plots: dict[str, Path] = field(default_factory=dict)
 
     def table(self) -> str:
         """The per-column metrics as a fixed-width text table (for the terminal)."""
@@ -154,6 +173,8 @@ class ValidationReport:
             "the preprocessed space over the FullSim std; floor: the same between two halves "
             "of FullSim; ratio = W1/floor.",
         ]
+        if "pit_ks_max" in self.summary:  # the conditioning checks ran
+            lines += ["", *table_lines(self.summary)]
         return "\n".join(lines)
 
 
@@ -366,23 +387,24 @@ def plot_histograms(
     return fig
 
 
-def write_outputs(out: Path, record: dict, figure) -> tuple[Path, Path]:
-    """Write ``validation.json`` and ``validation.png`` into ``out`` atomically.
+def write_outputs(out: Path, record: dict, figures: dict) -> dict[str, Path]:
+    """Write ``validation.json`` and the figures (``{file name: Figure}``) into ``out``
+    atomically.
 
-    Both go to temporary names first; only when both are complete are they renamed
-    into place (PNG first, JSON last: a JSON always comes with its PNG). Other files in
-    ``out`` are left alone.
+    Every file goes to a temporary name first; only when all are complete are they
+    renamed into place (the figures first, the JSON last: a JSON always comes with its
+    figures). Other files in ``out`` are left alone. Returns ``{file name: path}``.
     """
-    json_path, png_path = out / JSON_NAME, out / PNG_NAME
     text = json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n"
-    # contexts exit in reverse order: the PNG is renamed into place first, the JSON last
-    with (
-        atomic_output(json_path, overwrite=True) as tmp_json,
-        atomic_output(png_path, overwrite=True) as tmp_png,
-    ):
-        figure.savefig(tmp_png, format="png")
+    paths = {JSON_NAME: out / JSON_NAME, **{name: out / name for name in figures}}
+    # contexts exit in reverse order: the figures are renamed into place first, the JSON last
+    with ExitStack() as stack:
+        tmp_json = stack.enter_context(atomic_output(paths[JSON_NAME], overwrite=True))
+        for name, figure in figures.items():
+            tmp = stack.enter_context(atomic_output(paths[name], overwrite=True))
+            figure.savefig(tmp, format="png")
         tmp_json.write_text(text)
-    return json_path, png_path
+    return paths
 
 
 # ---------------------------------------------------------------------- entry point
@@ -400,6 +422,9 @@ def validate(
     bins: int = 50,
     progress: bool = True,
     object: str | None = None,
+    conditioning: bool = True,
+    samples: int = DEFAULT_SAMPLES,
+    pit_rows: int = DEFAULT_PIT_ROWS,
 ) -> ValidationReport:
     """Compare a trained flow with full simulation on a split of its prepared store.
 
@@ -411,12 +436,18 @@ def validate(
         split: ``"val"`` or ``"train"``.
         max_rows: compare the first ``max_rows`` rows of the split (store order).
         out: output directory (default :func:`default_out` of ``run``).
-        seed: seed of the FlashSim samples and of the FullSim halves of the floor.
+        seed: seed of the FlashSim samples, of the FullSim halves of the floors and of
+            every random choice of the conditioning checks.
         device: where the flow samples: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``
             (CUDA if available).
         bins: histogram bins per column.
         progress: show a progress bar while sampling.
         object: if given, the object (``"jets"``/``"muons"``) the flow must model.
+        conditioning: also run the conditioning checks (:mod:`flashsim.conditioning`:
+            PIT, ΔNLL, profiles, ROC, correlations; ``profiles.png``, ``roc.png``,
+            ``correlations.png``, ``pit.png``).
+        samples: flow draws per row of the PIT (0: no PIT).
+        pit_rows: the PIT and ΔNLL use the first ``pit_rows`` compared rows.
 
     Returns:
         A :class:`ValidationReport` (paths, per-column metrics, summary, ``table()``).
@@ -426,19 +457,77 @@ def validate(
             store of another object, column order or preprocessing; a split with fewer
             than 2 rows; bad arguments.
     """
-    from flashsim.devices import resolve_device
+    _check_arguments(split, max_rows, bins, seed, samples, pit_rows)
+    out = Path(out) if out is not None else default_out(run)
+    if out.exists() and not out.is_dir():
+        raise FlashSimError(
+            f"{out} exists and is not a directory; pass an output directory with --out."
+        )
+    model = load_flow(run, device, object)
+    store = locate_store(model, data)
+    cond, full = read_rows(store, split, max_rows)
+    flash = sample_targets(model, cond, seed, progress)
+    flash_physical, full_physical = model.to_physical(flash), model.to_physical(full)
+    columns = compare_columns(model, flash, full, flash_physical, full_physical, seed)
+    summary = summarize(columns)
+    title = (
+        f"{model.object}: FlashSim ({model.checkpoint}) vs FullSim ({len(full)} {split} rows "
+        f"of {store})"
+    )
+    figures = {
+        PNG_NAME: plot_histograms(
+            model.layout.target_columns, full_physical, flash_physical, columns, bins, title
+        )
+    }
+    record = run_record(model, store, split, len(full), max_rows, seed, columns, summary)
+    if conditioning:
+        rows = CheckRows.build(
+            model.layout, model.preprocessing, cond, full, flash, full_physical, flash_physical
+        )
+        checks = check_conditioning(
+            model.flow,
+            model.preprocessing,
+            rows,
+            seed=seed,
+            samples=samples,
+            pit_rows=pit_rows,
+            progress=progress,
+        )
+        summary.update(checks.summary())
+        record["conditioning"] = checks.section()
+        figures.update(checks.figures(title))
+    paths = write_outputs(out, record, figures)
+    return ValidationReport(
+        json_path=paths[JSON_NAME],
+        png_path=paths[PNG_NAME],
+        checkpoint=model.checkpoint,
+        store=store,
+        split=split,
+        rows=len(full),
+        seed=int(seed),
+        columns=columns,
+        summary=summary,
+        plots={name: path for name, path in paths.items() if name != JSON_NAME},
+    )
 
+
+def _check_arguments(split, max_rows, bins, seed, samples, pit_rows) -> None:
     if split not in SPLITS:
         raise FlashSimError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     if int(max_rows) < 2 or int(bins) < 1 or int(seed) < 0:
         raise FlashSimError(
             f"max_rows must be >= 2, bins >= 1 and seed >= 0 (got {max_rows}, {bins}, {seed})."
         )
-    out = Path(out) if out is not None else default_out(run)
-    if out.exists() and not out.is_dir():
-        raise FlashSimError(
-            f"{out} exists and is not a directory; pass an output directory with --out."
-        )
+    if int(samples) < 0 or int(pit_rows) < 2:
+        raise FlashSimError(f"samples must be >= 0 and pit_rows >= 2 (got {samples}, {pit_rows}).")
+
+
+def load_flow(
+    run: str | os.PathLike, device: str | torch.device, object: str | None
+) -> TrainedFlow:
+    """The flow of ``run`` on ``device``, after checking it models ``object`` (if given)."""
+    from flashsim.devices import resolve_device
+
     checkpoint = resolve_checkpoint(run)
     model = TrainedFlow.load(checkpoint, device=resolve_device(device))
     if object is not None and model.object != object:
@@ -446,59 +535,50 @@ def validate(
             f"{checkpoint} is a {model.object} flow, not {object}; pass the run of a {object} "
             f"flow (e.g. --run runs/{object})."
         )
-    store = locate_store(model, data)
-    conditioning, full = read_rows(store, split, max_rows)
+    return model
 
-    flash = sample_targets(model, conditioning, seed, progress)
-    flash_physical = model.to_physical(flash)
-    full_physical = model.to_physical(full)
+
+def compare_columns(
+    model: TrainedFlow,
+    flash: np.ndarray,
+    full: np.ndarray,
+    flash_physical: np.ndarray,
+    full_physical: np.ndarray,
+    seed: int,
+) -> list[ColumnMetrics]:
+    """:func:`column_metrics` of every target column (FullSim halves drawn from ``seed``)."""
     halves = np.random.default_rng(seed).permutation(len(full))
-    names = model.layout.target_columns
-    columns = [
+    return [
         column_metrics(
             name, flash[:, j], full[:, j], flash_physical[:, j], full_physical[:, j], halves
         )
-        for j, name in enumerate(names)
+        for j, name in enumerate(model.layout.target_columns)
     ]
-    summary = summarize(columns)
 
-    record = {
-        "checkpoint": str(checkpoint),
+
+def run_record(
+    model: TrainedFlow,
+    store: Path,
+    split: str,
+    rows: int,
+    max_rows: int,
+    seed: int,
+    columns: list[ColumnMetrics],
+    summary: dict,
+) -> dict:
+    """The ``validation.json`` record (the ``conditioning`` section is added by the caller)."""
+    return {
+        "checkpoint": str(model.checkpoint),
         "store": str(store),
         "object": model.object,
         "split": split,
-        "rows": len(full),
+        "rows": rows,
         "max_rows": int(max_rows),
         "seed": int(seed),
         "device": str(model.device),
-        "metrics": {
-            "w1": "Wasserstein-1 distance FlashSim vs FullSim, preprocessed space, "
-            "over the FullSim std there",
-            "w1_floor": "the same between two random halves of the FullSim rows",
-            "fullsim/flashsim": "mean, std, 5/50/95 % quantiles in physical units",
-        },
+        "metrics": METRIC_NOTES,
         "columns": [asdict(c) for c in columns],
-        "summary": summary,
+        "summary": summary,  # the caller's dict: conditioning numbers added later show
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    figure = plot_histograms(
-        names,
-        full_physical,
-        flash_physical,
-        columns,
-        bins,
-        f"{model.object}: FlashSim ({checkpoint}) vs FullSim ({len(full)} {split} rows of {store})",
-    )
-    json_path, png_path = write_outputs(out, record, figure)
-    return ValidationReport(
-        json_path=json_path,
-        png_path=png_path,
-        checkpoint=checkpoint,
-        store=store,
-        split=split,
-        rows=len(full),
-        seed=int(seed),
-        columns=columns,
-        summary=summary,
-    )

@@ -30,7 +30,7 @@ DPI = 80
 def cms_style(font_size: float = 10.0):
     """mplhep's CMS style, scaled down for grids of small panels."""
     import matplotlib
-    import mplhep
+    import mplhep  # the style only
 
     overrides = {
         "font.size": font_size,
@@ -56,10 +56,15 @@ def _figure(nrows: int, ncols: int, width: float, height: float, **grid):
     return fig, axes
 
 
-def _label(ax, text: str = "") -> None:
-    import mplhep
+def _label(fig) -> None:
+    """The experiment label of the CMS style at the figure's top left: bold "FlashSim",
+    italic "Simulation". (Drawn by hand: mplhep's label renders the whole figure to
+    place itself, which would double the drawing time.)"""
+    from matplotlib.transforms import offset_copy
 
-    mplhep.label.exp_label(exp="FlashSim", text="Simulation", rlabel=text, ax=ax, loc=0, fontsize=9)
+    fig.text(0.01, 0.995, "FlashSim", fontweight="bold", va="top", fontsize=12)
+    after = offset_copy(fig.transFigure, fig, x=66, units="points")  # 8 bold 12 pt letters
+    fig.text(0.01, 0.995, "Simulation", style="italic", va="top", fontsize=12, transform=after)
 
 
 def short(name: str) -> str:
@@ -87,7 +92,16 @@ def plot_profiles(profs: list[Profile], title: str):
         for p in profs:
             for s in STATS:
                 _profile_panel(axes[targets.index(p.target), panels.index((p.versus, s))], p, s)
-        _label(axes[0, 0])
+        fig.text(
+            0.99,
+            0.995,
+            "filled markers: FullSim, open markers and dashed lines: "
+            "FlashSim; error bars: statistical",
+            ha="right",
+            va="top",
+            fontsize=9,
+        )
+        _label(fig)
         fig.suptitle(title, fontsize=9)
     return fig
 
@@ -95,8 +109,11 @@ def plot_profiles(profs: list[Profile], title: str):
 def _profile_panel(ax, p: Profile, stat: str) -> None:
     centres = 0.5 * (p.edges[1:] + p.edges[:-1])
     if p.versus == "pt":
+        from matplotlib.ticker import NullFormatter
+
         centres = np.sqrt(p.edges[1:] * np.maximum(p.edges[:-1], 1e-3))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the 2x10^1 ... labels would overlap
     for c, name in enumerate(p.classes):
         colour = COLOURS[c % len(COLOURS)]
         full, flash = p.full, p.flash
@@ -125,7 +142,7 @@ def _profile_panel(ax, p: Profile, stat: str) -> None:
         )
     ax.set_xlabel(f"gen {'$p_T$ [GeV]' if p.versus == 'pt' else 'η'}")
     ax.set_ylabel(f"{'mean' if stat == 'mean' else 'RMS'} {short(p.target)}")
-    ax.legend(loc="best", frameon=False, title="● FullSim  □ FlashSim", title_fontsize=7)
+    ax.legend(loc="best", frameon=False, fontsize=7)
 
 
 def plot_rocs(rocs: list[RocCheck], title: str):
@@ -133,7 +150,7 @@ def plot_rocs(rocs: list[RocCheck], title: str):
     pairs = list(dict.fromkeys((r.signal, r.background) for r in rocs))
     with cms_style(11):
         fig, axes = _figure(
-            1, len(pairs), 5.2, 4.8, wspace=0.3, left=0.1, right=0.98, top=0.85, bottom=0.14
+            1, len(pairs), 5.2, 6.4, wspace=0.3, left=0.1, right=0.98, top=0.88, bottom=0.36
         )
         for ax, (sig, bkg) in zip(axes[0], pairs, strict=True):
             for k, r in enumerate(x for x in rocs if (x.signal, x.background) == (sig, bkg)):
@@ -151,12 +168,13 @@ def plot_rocs(rocs: list[RocCheck], title: str):
             ax.set_xlabel(f"{sig} efficiency")
             ax.set_ylabel(f"{bkg} efficiency")
             ax.legend(
-                loc="lower right",
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.17),
                 frameon=False,
                 title="FullSim (solid) / FlashSim (dashed)",
                 title_fontsize=8,
             )
-            _label(ax)
+        _label(fig)
         fig.suptitle(title, fontsize=9)
     return fig
 
@@ -194,6 +212,7 @@ def plot_correlations(corr: CorrelationResult, title: str):
             ax.minorticks_off()
             ax.set_title(f"{name}   (left: targets, right: conditioning)", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+        _label(fig)
         fig.suptitle(title, fontsize=9)
     return fig
 
@@ -239,7 +258,7 @@ def plot_pit(pit: PitResult, title: str):
             ax.set_ylim(0, top * 1.35)
         for ax in axes.ravel()[len(pit.columns) :]:
             ax.set_visible(False)
-        _label(axes[0, 0])
+        _label(fig)
         fig.suptitle(
             f"{title}\nPIT: rank among {pit.samples} draws, over uniform "
             f"(grey: ±1σ of a perfect model, all rows)",
