@@ -47,6 +47,27 @@ from flashsim.store import SPLITS
 @click.option(
     "--bins", type=int, default=50, show_default=True, callback=positive, help="Histogram bins."
 )
+@click.option(
+    "--conditioning/--no-conditioning",
+    default=True,
+    show_default=True,
+    help="Also check p(targets | conditioning): PIT, ΔNLL, profiles, ROC, correlations.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Flow draws per row for the PIT (rank) test; 0: no PIT.",
+)
+@click.option(
+    "--pit-rows",
+    type=int,
+    default=20_000,
+    show_default=True,
+    callback=positive,
+    help="The PIT and ΔNLL checks use the first N compared rows.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table; only the paths.")
 def validate(obj: str, run: str | None, quiet: bool, **opts) -> None:
     """Compare the trained OBJECT flow (jets or muons) with full simulation.
@@ -55,8 +76,13 @@ def validate(obj: str, run: str | None, quiet: bool, **opts) -> None:
     --data and compares each target column with the stored FullSim values: the
     Wasserstein-1 distance in the preprocessed space over the FullSim std (W1/std), the
     same between two halves of FullSim as a statistical floor, and mean/std/quantiles
-    in physical units. Writes validation.json and validation.png (a histogram per
-    column) to --out and prints the table.
+    in physical units. Then checks the conditioning (docs/validation.md): per-row
+    calibration (PIT ranks among --samples draws, by class), ΔNLL with the conditioning
+    permuted, response profiles and tagger ROC curves by true flavour (muons: prompt vs
+    non-prompt), correlation matrices; each with a statistical floor. Writes
+    validation.json, validation.png (a histogram per column), profiles.png, roc.png,
+    correlations.png and pit.png to --out and prints the table, ending with one line
+    per conditioning check: value, floor, ratio.
 
     \b
     Examples:
@@ -71,4 +97,5 @@ def validate(obj: str, run: str | None, quiet: bool, **opts) -> None:
     )
     if not quiet:
         click.echo(report.table())
-    click.echo(f"Wrote {report.json_path} and {report.png_path}")
+    figures = ", ".join(p.name for p in report.plots.values())
+    click.echo(f"Wrote {report.json_path} and {figures} beside it")

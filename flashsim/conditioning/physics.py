@@ -115,12 +115,17 @@ class Profile:
                     "flashsim": {k: v[c].tolist() for k, v in self.flash.items()},
                     **{f"chi2_ndf_{s}": float(self.chi2_ndf[s][c]) for s in STATS},
                     **{f"ndf_{s}": int(self.ndf[s][c]) for s in STATS},
-                    **{f"floor_{s}": float(np.nanmean(self.halves[s][:, c])) for s in STATS},
+                    **{f"floor_{s}": _nanmean(self.halves[s][:, c]) for s in STATS},
                 }
                 for c, name in enumerate(self.classes)
             },
             "halves_chi2_ndf": listed(self.halves),
         }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 def _moments(values: np.ndarray, index: np.ndarray, shape: tuple[int, int]) -> dict:

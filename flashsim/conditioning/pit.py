@@ -12,6 +12,15 @@ are rounded and clipped columns pile up at their bounds: ties between the FullSi
 and samples are broken at random (the rank is uniform between the ties' ends), which
 keeps the ranks exactly uniform under a perfect model.
 
+Point masses: a flow models an atom of a continuous column (``muEF = 0`` for jets
+without a muon, the -0.1 of failed taggers, a clip bound) as a narrow peak, and the
+ranks of FullSim values sitting exactly on the atom would measure the peak's width, not
+the conditioning. Every atom (a FullSim value taken by at least :data:`ATOM_FRACTION`
+of the rows) gets a window: the one around it holding the same fraction of the one-draw
+FlashSim sample as the atom holds of FullSim. Draws inside it are snapped onto the atom
+and tie-broken like integers; whether the flow puts the atom's mass at the right rows is
+then what the ranks test (its width shows in the column's W1).
+
 The distance is the Kolmogorov-Smirnov distance of the ranks' empirical CDF to the
 discrete uniform CDF. Its floor is simulated: multinomial counts of uniform ranks with
 the same rows per cell and ``S``. ``floor`` of a cell is the median KS a perfect model
@@ -23,7 +32,7 @@ largest ``KS / floor`` over all cells and targets, so that the summary's ratio i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from nflows import flows
@@ -42,6 +51,8 @@ MIN_CELL_ROWS = 50
 """Cells with fewer rows are left out."""
 NULL_REPLICAS = 100
 """Simulated perfect models behind the floors."""
+ATOM_FRACTION = 0.05
+"""A FullSim value taken by this fraction of the rows is a point mass (an atom)."""
 CHUNK_ROWS = 1024
 """Rows per sampling call (``CHUNK_ROWS * S`` draws; the noise is seeded per chunk)."""
 
@@ -63,8 +74,8 @@ def draw_ranks(
     from tqdm.auto import tqdm
 
     layout = rows.layout
-    discrete = np.zeros(layout.n_targets, bool)
-    discrete[[rows.target(c) for c in layout.roles.discrete]] = True
+    discrete = discrete_mask(rows)
+    atoms = find_atoms(rows, discrete)
     truth = _rounded(rows.full_physical.astype(np.float64), discrete)
     ranks = np.empty(truth.shape, np.int16)
     starts = range(0, len(rows), CHUNK_ROWS)
@@ -79,7 +90,7 @@ def draw_ranks(
         )
         draws = sample_with_noise(flow, cond, noise)
         draws = preprocessing.inverse(draws, columns=layout.targets).astype(np.float64)
-        draws = _rounded(draws, discrete).reshape(-1, samples, layout.n_targets)
+        draws = _snapped(_rounded(draws, discrete), atoms).reshape(-1, samples, layout.n_targets)
         x = truth[start : start + CHUNK_ROWS, None, :]
         below = (draws < x).sum(axis=1)
         equal = (draws == x).sum(axis=1)
@@ -90,8 +101,47 @@ def draw_ranks(
     return ranks
 
 
+def discrete_mask(rows: CheckRows) -> np.ndarray:
+    """``(n_targets,)`` bool: the layout's integer-valued targets."""
+    mask = np.zeros(rows.layout.n_targets, bool)
+    mask[[rows.target(c) for c in rows.layout.roles.discrete]] = True
+    return mask
+
+
+def find_atoms(rows: CheckRows, discrete: np.ndarray) -> list[dict]:
+    """The point masses of the continuous targets and their windows (module doc):
+    ``{"column", "index", "value", "fraction", "window"}`` each, physical units."""
+    atoms = []
+    n = len(rows)
+    for j in np.flatnonzero(~discrete):
+        values, counts = np.unique(rows.full_physical[:, j], return_counts=True)
+        flash = rows.flash_physical[:, j].astype(np.float64)
+        flash = flash[np.isfinite(flash)]
+        for v, c in zip(
+            values[counts >= ATOM_FRACTION * n], counts[counts >= ATOM_FRACTION * n], strict=True
+        ):
+            window = float(np.quantile(np.abs(flash - float(v)), c / n)) if len(flash) else 0.0
+            atoms.append(
+                {
+                    "column": rows.layout.target_columns[j],
+                    "index": int(j),
+                    "value": float(v),
+                    "fraction": float(c / n),
+                    "window": window,
+                }
+            )
+    return atoms
+
+
 def _rounded(values: np.ndarray, discrete: np.ndarray) -> np.ndarray:
     values[..., discrete] = np.round(values[..., discrete])
+    return values
+
+
+def _snapped(values: np.ndarray, atoms: list[dict]) -> np.ndarray:
+    for atom in atoms:
+        column = values[:, atom["index"]]  # a view: snapped in place
+        column[np.abs(column - atom["value"]) <= atom["window"]] = atom["value"]
     return values
 
 
@@ -140,6 +190,7 @@ class PitResult:
     floor: np.ndarray  # (n_cells,) median KS of a perfect model
     look_elsewhere: float
     counts: np.ndarray  # (n_cells, n_targets, S + 1) rank histograms
+    atoms: list[dict] = field(default_factory=list)
 
     def worst(self) -> dict:
         """The cell and target of largest ``KS / floor``, with the floor of the maximum."""
@@ -159,6 +210,7 @@ class PitResult:
             "null_replicas": NULL_REPLICAS,
             "look_elsewhere": self.look_elsewhere,
             "worst": self.worst(),
+            "atoms": [{k: v for k, v in a.items() if k != "index"} for a in self.atoms],
             "cells": [
                 {
                     "cell": cell,
@@ -187,6 +239,7 @@ def pit_check(rows: CheckRows, ranks: np.ndarray, samples: int, seed: int) -> Pi
         floor=floor,
         look_elsewhere=look,
         counts=counts,
+        atoms=find_atoms(rows, discrete_mask(rows)),
     )
 
 

@@ -68,7 +68,7 @@ class ConditioningResult:
         from flashsim.conditioning import plots
 
         out = {}
-        if self.profiles:
+        if any(n.any() for p in self.profiles for n in p.ndf.values()):
             out["profiles.png"] = plots.plot_profiles(self.profiles, title)
         if self.rocs:
             out["roc.png"] = plots.plot_rocs(self.rocs, title)
