@@ -12,11 +12,18 @@ these FlashSim samples is compared with the stored FullSim values:
   :math:`\\sqrt{2}` above the noise of a perfect flow with as many rows as FullSim;
 * mean, standard deviation and the 5/50/95 % quantiles of both, in physical units.
 
+Then (unless ``conditioning=False``) the conditioning checks of
+:mod:`flashsim.conditioning`, which a flow blind to its inputs fails even when it
+reproduces every marginal: PIT ranks by class, ΔNLL under permuted conditioning,
+response profiles and ROC curves by true class, correlation matrices; each with a floor
+(docs/validation.md).
+
 Outputs (``out``, default ``<run>/validation/``): ``validation.json`` (settings,
-per-column metrics, summary) and ``validation.png`` (a histogram per target column,
-FullSim filled, FlashSim as a line, physical units). Each file is written to a temporary
-name and renamed into place only once everything has been computed, so a failed run
-leaves an earlier validation intact.
+per-column metrics, the ``conditioning`` section, summary), ``validation.png`` (a
+histogram per target column, FullSim filled, FlashSim as a line, physical units) and
+``profiles.png``, ``roc.png``, ``correlations.png``, ``pit.png``. Each file is written
+to a temporary name and renamed into place only once everything has been computed, so a
+failed run leaves an earlier validation intact.
 
 Examples
 --------

@@ -36,7 +36,7 @@ from pipelines.writers import write_store
 IDENTITY = Preprocessing(JETS, ())
 HADRON_FLAVOUR = JETS.conditioning_columns.index("MGenJet_hadronFlavour")
 GEN_PT = JETS.conditioning_columns.index("MGenJet_pt")
-CHECKS = dict(samples=16, pit_rows=1500, max_rows=3000, progress=False)
+CHECKS = dict(samples=16, pit_rows=1500, max_rows=10_000, progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -193,8 +193,9 @@ def toy(tmp_path_factory):
     from pipelines.prep import prep
 
     base = tmp_path_factory.mktemp("conditioning")
-    generate_toy(base / "toy.root", 4_000, seed=0, progress=False)
-    prep([base / "toy.root"], base / "shards", objects=["jets"], seed=0, progress=False)
+    generate_toy(base / "toy.root", 5_000, seed=0, progress=False)
+    # a large val split: the profiles and ROC curves use every compared row
+    prep([base / "toy.root"], base / "shards", objects=["jets"], val_fraction=0.3, progress=False)
     store = base / "shards" / "jets.zarr"
     blind_store = _copy_store(store, base / "blind" / "jets.zarr", shuffle_train=True)
     permuted_val = _copy_store(store, base / "permuted" / "jets.zarr", shuffle_val=True)
@@ -224,6 +225,17 @@ def ratio(summary: dict, key: str, floor: str) -> float:
     return summary[key] / summary[floor]
 
 
+def mean_profile_chi2_ndf(report) -> float:
+    profiles = json.loads(report.json_path.read_text())["conditioning"]["profiles"]
+    values = [
+        c[f"chi2_ndf_{stat}"]
+        for p in profiles
+        for c in p["classes"].values()
+        for stat in ("mean", "rms")
+    ]
+    return float(np.mean([v for v in values if v is not None]))
+
+
 def mean_abs_delta_auc(report) -> float:
     rocs = json.loads(report.json_path.read_text())["conditioning"]["roc"]
     return float(np.mean([abs(r["delta_auc"]) for r in rocs]))
@@ -232,41 +244,35 @@ def mean_abs_delta_auc(report) -> float:
 def test_blind_cases_keep_the_marginals_but_fail_the_conditioning_checks(toy):
     _, _, reports = toy
     good, blind, permuted = (reports[k].summary for k in ("good", "blind", "permuted"))
-    print(
-        {
-            k: {m: v for m, v in r.summary.items() if isinstance(v, float)}
-            for k, r in reports.items()
-        }
-    )
     # the per-column marginals barely move
-    assert permuted["mean_w1"] == pytest.approx(good["mean_w1"], rel=0.25)
-    assert blind["mean_w1"] < 2 * good["mean_w1"]
+    assert permuted["mean_w1"] == pytest.approx(good["mean_w1"], rel=0.1)
+    assert blind["mean_w1"] == pytest.approx(good["mean_w1"], rel=0.3)
     # no information drawn from the conditioning
     for s in (blind, permuted):
         assert abs(s["delta_nll"]) < max(4 * s["delta_nll_err"], 0.05), s
     assert good["delta_nll"] > 1.0 and good["delta_nll"] > 10 * good["delta_nll_err"]
     # calibration per class, taggers by true flavour, response profiles: far above floors
-    for key, floor in (
+    checks = (
         ("pit_ks_max", "pit_ks_floor"),
         ("max_delta_auc", "max_delta_auc_floor"),
         ("profile_chi2_ndf_max", "profile_chi2_ndf_floor"),
-    ):
-        for s in (blind, permuted):
+    )
+    for s in (blind, permuted):
+        for key, floor in checks:
             assert ratio(s, key, floor) > 4, (key, s)
             assert ratio(good, key, floor) < ratio(s, key, floor), (key, good, s)
-    for s in (blind, permuted):
-        for key, floor in (
-            ("pit_ks_max", "pit_ks_floor"),
-            ("profile_chi2_ndf_max", "profile_chi2_ndf_floor"),
-        ):
-            assert ratio(good, key, floor) < 0.6 * ratio(s, key, floor), (key, good, s)
-    # the briefly trained flow has not learnt every tagger yet (its worst ΔAUC is a c
-    # tagger), but over all ten ROC checks it is far closer to FullSim
-    mean_auc = {k: mean_abs_delta_auc(r) for k, r in reports.items()}
-    assert mean_auc["good"] < 0.5 * min(mean_auc["blind"], mean_auc["permuted"]), mean_auc
+        assert ratio(good, "pit_ks_max", "pit_ks_floor") < 0.7 * ratio(
+            s, "pit_ks_max", "pit_ks_floor"
+        )
+    # The briefly trained flow has not learnt everything (its worst ΔAUC is a c tagger,
+    # its worst profile a few-% bias at low pT), but over all ten ROC checks and all
+    # profiles it is far closer to FullSim than the blind cases.
+    for summarize in (mean_abs_delta_auc, mean_profile_chi2_ndf):
+        means = {k: summarize(r) for k, r in reports.items()}
+        assert means["good"] < 0.5 * min(means["blind"], means["permuted"]), means
     # the blind flow learns no correlation with the gen inputs
     assert blind["max_delta_rho"] > 3 * blind["max_delta_rho_floor"]
-    assert good["max_delta_rho"] < 0.6 * blind["max_delta_rho"]
+    assert good["max_delta_rho"] < 0.3 * blind["max_delta_rho"]
 
 
 def test_validation_json_plots_and_table_carry_the_conditioning_checks(toy):

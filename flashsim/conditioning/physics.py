@@ -24,7 +24,7 @@ from flashsim.conditioning.rows import CheckRows
 
 PROFILE_BINS = 8
 """Bins of gen pT and of gen eta in the profiles (quantiles of the rows)."""
-MIN_BIN_ROWS = 20
+MIN_BIN_ROWS = 50
 """A profile bin enters the χ² when FlashSim and FullSim both have this many rows."""
 MIN_CLASS_ROWS = 20
 """A ROC check needs this many signal and background rows."""

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from flashsim.conditioning.correlations import CorrelationResult
-from flashsim.conditioning.physics import STATS, Profile, RocCheck
+from flashsim.conditioning.physics import MIN_BIN_ROWS, STATS, Profile, RocCheck
 from flashsim.conditioning.pit import PitResult
 
 COLOURS = ("#5790fc", "#f89c20", "#e42536", "#964a8b", "#9c9ca1", "#7a21dd")
@@ -117,7 +117,7 @@ def _profile_panel(ax, p: Profile, stat: str) -> None:
     for c, name in enumerate(p.classes):
         colour = COLOURS[c % len(COLOURS)]
         full, flash = p.full, p.flash
-        ok = (full["count"][c] >= 20) & (flash["count"][c] >= 20)
+        ok = (full["count"][c] >= MIN_BIN_ROWS) & (flash["count"][c] >= MIN_BIN_ROWS)
         if not ok.any():
             continue
         x = centres[ok]
