@@ -156,6 +156,16 @@ JET_ROLES = ColumnRoles(
     discrete=("MJet_nConstituents", "MJet_puId", "MJet_jetId"),
 )
 
+MUON_FLAG_TARGETS = (
+    "MMuon_isGlobal",
+    "MMuon_isPFcand",
+    "MMuon_isTracker",
+    "MMuon_mediumId",
+    "MMuon_softId",
+    "MMuon_softMvaId",
+)
+"""The muons' boolean targets (0/1; dequantized by the preprocessing)."""
+
 MUON_ROLES = ColumnRoles(
     # statusFlags bit 0: isPrompt (from the hard process or a prompt tau)
     class_column="MGenPart_statusFlags0",
@@ -168,14 +178,7 @@ MUON_ROLES = ColumnRoles(
         Discriminant("MMuon_pfRelIso03_all", "non-prompt", "prompt"),
         Discriminant("MMuon_ip3d", "non-prompt", "prompt"),
     ),
-    discrete=(
-        "MMuon_isGlobal",
-        "MMuon_isPFcand",
-        "MMuon_isTracker",
-        "MMuon_mediumId",
-        "MMuon_softId",
-        "MMuon_softMvaId",
-    ),
+    discrete=MUON_FLAG_TARGETS,
 )
 
 JETS = Layout(

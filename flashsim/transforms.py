@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from flashsim.layouts import DTYPE, JETS, MUONS, Layout, layout_for
+from flashsim.layouts import DTYPE, JETS, MUON_FLAG_TARGETS, MUONS, Layout, layout_for
 from flashsim.options import SUM_EOOT, SUM_EOOT_LOG1P, SumEOOT
 
 
@@ -391,17 +391,7 @@ def muon_preprocessing(sum_eoot: SumEOOT = SUM_EOOT_LOG1P) -> Preprocessing:
                 ("MMuon_pfRelIso03_all", "MMuon_pfRelIso03_chg", "MMuon_pfRelIso04_all"),
                 SmearSpike(-7.5, -11.51, 1.0, fill=float(np.log(iso_offset))),
             ),
-            *_each(
-                (
-                    "MMuon_isGlobal",
-                    "MMuon_isPFcand",
-                    "MMuon_isTracker",
-                    "MMuon_mediumId",
-                    "MMuon_softId",
-                    "MMuon_softMvaId",
-                ),
-                Dequantize(0.1),
-            ),
+            *_each(MUON_FLAG_TARGETS, Dequantize(0.1)),
         ),
     )
 
