@@ -70,6 +70,7 @@ def time_checks(store: Path, run: Path, rows: int, samples: int, pit_rows: int) 
 
     model = TrainedFlow.load(run)
     (cond, full), t_read = timed(read_rows, store, "val", rows)
+    pit_rows = min(pit_rows, len(full))
     flash, t_sample = timed(sample_targets, model, cond, 0, False)
     view = CheckRows.build(model.layout, model.preprocessing, cond, full, flash)
     head = view.head(pit_rows)
