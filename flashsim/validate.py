@@ -465,11 +465,7 @@ def validate(
             than 2 rows; bad arguments.
     """
     _check_arguments(split, max_rows, bins, seed, samples, pit_rows)
-    out = Path(out) if out is not None else default_out(run)
-    if out.exists() and not out.is_dir():
-        raise FlashSimError(
-            f"{out} exists and is not a directory; pass an output directory with --out."
-        )
+    out = output_dir(run, out)
     model = load_flow(run, device, object)
     store = locate_store(model, data)
     cond, full = read_rows(store, split, max_rows)
@@ -477,14 +473,10 @@ def validate(
     flash_physical, full_physical = model.to_physical(flash), model.to_physical(full)
     columns = compare_columns(model, flash, full, flash_physical, full_physical, seed)
     summary = summarize(columns)
-    title = (
-        f"{model.object}: FlashSim ({model.checkpoint}) vs FullSim ({len(full)} {split} rows "
-        f"of {store})"
-    )
+    title = f"{model.object}: FlashSim ({model.checkpoint}) vs FullSim ({len(full)} {split} rows of {store})"
+    names = model.layout.target_columns
     figures = {
-        PNG_NAME: plot_histograms(
-            model.layout.target_columns, full_physical, flash_physical, columns, bins, title
-        )
+        PNG_NAME: plot_histograms(names, full_physical, flash_physical, columns, bins, title)
     }
     record = run_record(model, store, split, len(full), max_rows, seed, columns, summary)
     if conditioning:
@@ -492,30 +484,28 @@ def validate(
             model.layout, model.preprocessing, cond, full, flash, full_physical, flash_physical
         )
         checks = check_conditioning(
-            model.flow,
-            model.preprocessing,
-            rows,
-            seed=seed,
-            samples=samples,
-            pit_rows=pit_rows,
-            progress=progress,
-        )
+            model.flow, model.preprocessing, rows, seed=seed, samples=samples,
+            pit_rows=pit_rows, progress=progress
+        )  # fmt: skip
         summary.update(checks.summary())
         record["conditioning"] = checks.section()
         figures.update(checks.figures(title))
     paths = write_outputs(out, record, figures)
+    plots = {name: path for name, path in paths.items() if name != JSON_NAME}
     return ValidationReport(
-        json_path=paths[JSON_NAME],
-        png_path=paths[PNG_NAME],
-        checkpoint=model.checkpoint,
-        store=store,
-        split=split,
-        rows=len(full),
-        seed=int(seed),
-        columns=columns,
-        summary=summary,
-        plots={name: path for name, path in paths.items() if name != JSON_NAME},
-    )
+        paths[JSON_NAME], paths[PNG_NAME], model.checkpoint, store, split, len(full), int(seed),
+        columns, summary, plots,
+    )  # fmt: skip
+
+
+def output_dir(run: str | os.PathLike, out: str | os.PathLike | None) -> Path:
+    """``out``, or :func:`default_out` of ``run``; refused if it is a file."""
+    out = Path(out) if out is not None else default_out(run)
+    if out.exists() and not out.is_dir():
+        raise FlashSimError(
+            f"{out} exists and is not a directory; pass an output directory with --out."
+        )
+    return out
 
 
 def _check_arguments(split, max_rows, bins, seed, samples, pit_rows) -> None:
