@@ -135,7 +135,9 @@ def _profile_summary(profs: list[Profile]) -> dict:
     halves = np.stack([p.halves[s][:, c] for p, s, c in cells])
     return {
         "profile_chi2_ndf_max": float(np.nanmax(values)),
-        "profile_chi2_ndf_floor": float(np.nanmean(np.nanmax(halves, axis=0))),
+        "profile_chi2_ndf_floor": _mean_of_finite(
+            np.where(np.isfinite(halves), halves, -np.inf).max(axis=0)
+        ),
         "profile_worst": f"{p.target} {s} vs gen {p.versus}, {p.classes[c]}",
     }
 
@@ -219,6 +221,12 @@ def table_lines(summary: dict) -> list[str]:
         "means the flow uses its conditioning (a blind flow: ratio about 0-2)."
     )
     return lines
+
+
+def _mean_of_finite(values: np.ndarray) -> float:
+    """Mean of the finite ``values``; NaN (no warning) if there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
 
 
 def _finite(*values) -> bool:
