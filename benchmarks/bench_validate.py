@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 JETS_PER_EVENT = 6.3  # toy ttbar: matched jets per event
@@ -50,7 +51,7 @@ def prepare(base: Path, rows: int, steps: int) -> tuple[Path, Path]:
     return shards / "jets.zarr", run
 
 
-def timed(fn, *args, **kw) -> tuple[object, float]:
+def timed(fn: Callable[..., object], *args, **kw) -> tuple[object, float]:
     start = time.perf_counter()
     out = fn(*args, **kw)
     return out, time.perf_counter() - start
