@@ -8,9 +8,9 @@ obtained in that file:
 * read as is (the normal case);
 * renamed or replaced by a constant, by the user (``--branch NAME=SOURCE``,
   ``--branch-map FILE.json``);
-* a built-in substitute for branches older NanoAODs lack (:data:`BUILTIN_SUBSTITUTES`):
-  ``Jet_btagDeepC`` and ``Jet_btagDeepFlavC`` derived from B and CvB, ``Jet_btagCMVA``
-  a constant -1.
+* a built-in substitute of the file's NanoAOD generation (:mod:`pipelines.profiles`):
+  e.g. ``Jet_btagDeepC`` derived from B and CvB in Run 2, ``Jet_bRegCorr`` from the
+  ParticleNet regression in Run 3, ``Jet_btagCMVA`` the constant -1.
 
 Anything else missing is reported in one :class:`~flashsim.errors.InputError`
 naming every missing branch and the options that supply them.
@@ -39,6 +39,17 @@ import numpy as np
 from flashsim.errors import InputError
 from flashsim.layouts import JETS, MUONS
 from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
+from pipelines.profiles import (
+    DERIVATIONS,
+    PROFILES,
+    RUN2,
+    Profile,
+    Source,
+    c_from_cvb,
+    detect_profile,
+)
+
+__all__ = ["BranchPlan", "Source", "c_from_cvb", "resolve_branches"]
 
 # ---------------------------------------------------------------------------
 # What each object reads. Value branches are copied into one layout column each;
@@ -168,85 +179,24 @@ def is_target(branch: str) -> bool:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Source:
-    """How canonical ``branch`` is obtained: read ``reads`` and combine them.
-
-    ``constant`` set: every object gets this value. ``derive`` set: the name of a
-    function in :data:`DERIVATIONS` applied to the ``reads`` arrays. Otherwise the
-    single branch in ``reads`` is used as is (a rename when it differs from ``branch``).
-    ``origin`` is ``"file"``, ``"builtin"`` (a documented substitute) or ``"user"``.
-    """
-
-    branch: str
-    reads: tuple[str, ...] = ()
-    constant: float | None = None
-    derive: str | None = None
-    origin: str = "file"
-    description: str = ""
-
-    @property
-    def is_substitution(self) -> bool:
-        return self.origin != "file"
-
-    def to_dict(self) -> dict:
-        return {
-            "branch": self.branch,
-            "column": column_of(self.branch),
-            "origin": self.origin,
-            "substitute": self.description,
-            "reads": list(self.reads),
-            "constant": self.constant,
-        }
+def source_dict(src: Source) -> dict:
+    """What the store metadata records of one substitution."""
+    return {
+        "branch": src.branch,
+        "column": column_of(src.branch),
+        "origin": src.origin,
+        "profile": src.profile,
+        "substitute": src.description,
+        "reads": list(src.reads),
+        "constant": src.constant,
+    }
 
 
-def c_from_cvb(b: ak.Array, cvb: ak.Array) -> ak.Array:
-    """Charm score from the b score and the C-vs-B ratio: ``C = CvB * B / (1 - CvB)``.
-
-    ``CvB = C / (C + B)``, so ``C = CvB * B / (1 - CvB)``. Failed inputs (negative
-    NanoAOD defaults such as -1) and ``CvB >= 1`` (C undetermined) give -1, the
-    NanoAOD "failed" value, which preprocessing then treats like any failed score.
-    """
-    b64 = ak.values_astype(b, np.float64)
-    cvb64 = ak.values_astype(cvb, np.float64)
-    ok = (b64 >= 0) & (cvb64 >= 0) & (cvb64 < 1)
-    denom = ak.where(ok, 1.0 - cvb64, 1.0)
-    return ak.where(ok, cvb64 * b64 / denom, -1.0)
+BUILTIN_SUBSTITUTES: dict[str, Source] = {b: c[0] for b, c in RUN2.substitutes.items()}
+"""The Run 2 profile's substitutes (the 2015 sample's): one per branch."""
 
 
-DERIVATIONS = {"c_from_cvb": c_from_cvb}
-
-CMVA_SUBSTITUTE_VALUE = -1.0
-
-BUILTIN_SUBSTITUTES: dict[str, Source] = {
-    "Jet_btagDeepC": Source(
-        "Jet_btagDeepC",
-        reads=("Jet_btagDeepB", "Jet_btagDeepCvB"),
-        derive="c_from_cvb",
-        origin="builtin",
-        description="derived: CvB*B/(1-CvB) from Jet_btagDeepB and Jet_btagDeepCvB "
-        "(-1 where an input failed or CvB >= 1)",
-    ),
-    "Jet_btagDeepFlavC": Source(
-        "Jet_btagDeepFlavC",
-        reads=("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvB"),
-        derive="c_from_cvb",
-        origin="builtin",
-        description="derived: CvB*B/(1-CvB) from Jet_btagDeepFlavB and Jet_btagDeepFlavCvB "
-        "(-1 where an input failed or CvB >= 1)",
-    ),
-    "Jet_btagCMVA": Source(
-        "Jet_btagCMVA",
-        constant=CMVA_SUBSTITUTE_VALUE,
-        origin="builtin",
-        description="constant -1 (cMVAv2 is not in this NanoAOD; -1 is NanoAOD's "
-        "'not available' value), dequantized with +0.1*N(0,1) like jetId",
-    ),
-}
-"""Documented substitutes for branches older NanoAODs lack (see docs/prep.md)."""
-
-
-MAPPABLE_BRANCHES = KNOWN_BRANCHES | {r for s in BUILTIN_SUBSTITUTES.values() for r in s.reads}
+MAPPABLE_BRANCHES = KNOWN_BRANCHES | {r for p in PROFILES for r in p.reads()}
 """Branches a user mapping may name: those prep reads and the inputs of the substitutes."""
 
 
@@ -353,9 +303,13 @@ def parse_branch_option(text: str) -> tuple[str, str | float]:
 
 @dataclass(frozen=True)
 class BranchPlan:
-    """How every canonical branch of the requested objects is obtained in one file."""
+    """How every canonical branch of the requested objects is obtained in one file.
+
+    ``profile``: the NanoAOD generation recognised in the file (:mod:`pipelines.profiles`).
+    """
 
     sources: dict[str, Source] = field(default_factory=dict)
+    profile: str = RUN2.name
 
     @property
     def reads(self) -> list[str]:
@@ -370,26 +324,36 @@ class BranchPlan:
 _GEN_MARKERS = ("GenJet_", "GenPart_")
 
 
-def _missing_message(path: str, missing: Iterable[str]) -> str:
+def _missing_message(path: str, missing: Iterable[str], profile: Profile) -> str:
     lines = []
     for b in missing:
-        sub = BUILTIN_SUBSTITUTES.get(b)
-        hint = f" (or {' and '.join(sub.reads)} to derive it)" if sub and sub.derive else ""
+        derived = [s for s in profile.substitutes.get(b, ()) if s.derive]
+        hint = f" (or {' and '.join(derived[0].reads)} to derive it)" if derived else ""
         lines.append(f"{b}{hint}")
     return f"{path}: {', '.join(lines)}"
 
 
 class MissingBranches(InputError):
-    """Raised with every missing branch of one file; prep merges these across files."""
+    """Raised with every missing branch of one file; prep merges these across files.
 
-    def __init__(self, path: str, missing: list[str], strict_blocked: list[str]) -> None:
+    ``strict_blocked`` maps each branch ``--strict`` refused to its built-in substitute.
+    """
+
+    def __init__(
+        self, path: str, missing: list[str], strict_blocked: dict[str, str], profile: str
+    ) -> None:
         self.path = path
         self.missing = missing
         self.strict_blocked = strict_blocked
+        self.profile = profile
         super().__init__(format_missing([self]))
 
     def __reduce__(self):  # picklable across processes despite the custom __init__
-        return (MissingBranches, (self.path, self.missing, self.strict_blocked))
+        return (MissingBranches, (self.path, self.missing, self.strict_blocked, self.profile))
+
+
+def _profile_title(name: str) -> str:
+    return next(p.title for p in PROFILES if p.name == name)
 
 
 def format_missing(errors: list[MissingBranches]) -> str:
@@ -401,9 +365,10 @@ def format_missing(errors: list[MissingBranches]) -> str:
         names = sorted({b for e in missing for b in e.missing})
         example = names[0]
         const_ok = [n for n in names if n in CONSTANT_ALLOWED]
+        profiles = {p.name: p for p in PROFILES}
         parts.append(
             "Input NanoAOD lacks branches flashsim needs and knows no substitute for: "
-            + "; ".join(_missing_message(e.path, e.missing) for e in missing)
+            + "; ".join(_missing_message(e.path, e.missing, profiles[e.profile]) for e in missing)
             + f". Supply each one with --branch NAME=SOURCE (another branch of the file, "
             f"e.g. --branch {example}=OTHER_BRANCH"
             + (f", or a constant, e.g. --branch {const_ok[0]}=-1" if const_ok else "")
@@ -411,13 +376,17 @@ def format_missing(errors: list[MissingBranches]) -> str:
             '({"NAME": "SOURCE_BRANCH" or number, ...}); docs/prep.md lists the branches.'
         )
     if blocked:
-        names = sorted({b for e in blocked for b in e.strict_blocked})
-        subs = "; ".join(f"{n}: {BUILTIN_SUBSTITUTES[n].description}" for n in names)
+        subs = {b: d for e in blocked for b, d in e.strict_blocked.items()}
         parts.append(
             "--strict forbids the built-in substitutes these inputs need ("
-            + "; ".join(f"{e.path}: {', '.join(e.strict_blocked)}" for e in blocked)
-            + f"). Without --strict they would be: {subs}. Drop --strict to accept them, or "
-            "map the branches explicitly with --branch/--branch-map."
+            + "; ".join(
+                f"{e.path} ({_profile_title(e.profile)}): {', '.join(e.strict_blocked)}"
+                for e in blocked
+            )
+            + "). Without --strict they would be: "
+            + "; ".join(f"{n}: {subs[n]}" for n in sorted(subs))
+            + ". Drop --strict to accept them, or map the branches explicitly with "
+            "--branch/--branch-map."
         )
     return " ".join(parts)
 
@@ -428,6 +397,50 @@ def _through(sub: Source, user: Mapping[str, str | float]) -> Source:
     if reads == sub.reads:
         return sub
     return replace(sub, reads=reads, description=f"{sub.description}; reading {', '.join(reads)}")
+
+
+def _builtin(
+    name: str, profile: Profile, have: set[str], user: Mapping[str, str | float]
+) -> Source | None:
+    """The profile's first substitute for ``name`` whose inputs the file has, if any."""
+    for candidate in profile.substitutes.get(name, ()):
+        sub = _through(candidate, user)
+        if set(sub.reads) <= have:
+            return replace(sub, profile=profile.name)
+    return None
+
+
+def _user_source(name: str, value: str | float, have: set[str]) -> Source | None:
+    if isinstance(value, float):
+        return Source(name, constant=value, origin="user", description=f"constant {value:g} (user)")
+    if value in have:
+        return Source(name, reads=(value,), origin="user", description=f"branch {value} (user)")
+    return None
+
+
+def _needed(objects: Iterable[str], gen_muons: GenMuons, generation: bool) -> list[str]:
+    needed: list[str] = []
+    for obj in objects:
+        needed += [
+            b for b in required_branches(obj, gen_muons, generation=generation) if b not in needed
+        ]
+    return needed
+
+
+def _check_simulation(have: set[str], path: str, generation: bool) -> None:
+    if any(b.startswith(_GEN_MARKERS) for b in have):
+        return
+    raise InputError(
+        f"{path} has no generator-level branches (no GenJet_* or GenPart_*): this looks "
+        "like collision data. "
+        + (
+            "flashsim generate simulates reconstructed objects from generator-level "
+            "ones: give it simulated (or generator-only) NanoAOD."
+            if generation
+            else "flashsim prep needs simulated NanoAOD, where each reconstructed jet "
+            "and muon is matched to its generator-level partner."
+        )
+    )
 
 
 def resolve_branches(
@@ -443,63 +456,40 @@ def resolve_branches(
     """Decide, for one file with branches ``available``, how each needed branch is read.
 
     Precedence: the user's mapping, then the file's own branch, then a built-in
-    substitute (an error under ``strict``). ``generation``: only what generation reads
-    (see :func:`required_branches`).
+    substitute of the file's NanoAOD generation (:func:`pipelines.profiles.detect_profile`;
+    an error under ``strict``). ``generation``: only what generation reads (see
+    :func:`required_branches`).
 
     Raises:
         InputError: the file has no generator-level branches (collision data).
         MissingBranches: branches are missing with no substitute (or ``strict``).
     """
     have = set(available)
-    if not any(b.startswith(_GEN_MARKERS) for b in have):
-        raise InputError(
-            f"{path} has no generator-level branches (no GenJet_* or GenPart_*): this looks "
-            "like collision data. "
-            + (
-                "flashsim generate simulates reconstructed objects from generator-level "
-                "ones: give it simulated (or generator-only) NanoAOD."
-                if generation
-                else "flashsim prep needs simulated NanoAOD, where each reconstructed jet "
-                "and muon is matched to its generator-level partner."
-            )
-        )
+    _check_simulation(have, path, generation)
+    profile = detect_profile(have)
     user = dict(branch_map or {})
-    needed: list[str] = []
-    for obj in objects:
-        needed += [
-            b for b in required_branches(obj, gen_muons, generation=generation) if b not in needed
-        ]
     sources: dict[str, Source] = {}
     missing: list[str] = []
-    blocked: list[str] = []
-    for name in needed:
+    blocked: dict[str, str] = {}
+    for name in _needed(objects, gen_muons, generation):
         if name in user:
-            value = user[name]
-            if isinstance(value, float):
-                sources[name] = Source(
-                    name, constant=value, origin="user", description=f"constant {value:g} (user)"
-                )
-            elif value in have:
-                sources[name] = Source(
-                    name, reads=(value,), origin="user", description=f"branch {value} (user)"
-                )
+            src = _user_source(name, user[name], have)
+            if src is None:
+                missing.append(f"{user[name]} (mapped to {name} by the user)")
             else:
-                missing.append(f"{value} (mapped to {name} by the user)")
+                sources[name] = src
         elif name in have:
             sources[name] = Source(name, reads=(name,))
-        elif (
-            name in BUILTIN_SUBSTITUTES
-            and set(_through(BUILTIN_SUBSTITUTES[name], user).reads) <= have
-        ):
+        elif (sub := _builtin(name, profile, have, user)) is not None:
             if strict:
-                blocked.append(name)
+                blocked[name] = sub.description
             else:
-                sources[name] = _through(BUILTIN_SUBSTITUTES[name], user)
+                sources[name] = sub
         else:
             missing.append(name)
     if missing or blocked:
-        raise MissingBranches(path, missing, blocked)
-    return BranchPlan(sources)
+        raise MissingBranches(path, missing, blocked, profile.name)
+    return BranchPlan(sources, profile.name)
 
 
 def _template(branch: str) -> str | None:

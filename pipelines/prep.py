@@ -54,7 +54,14 @@ from flashsim.options import (
 )
 from flashsim.outputs import atomic_output, make_output_dir, output_errors
 from flashsim.store import DEFAULT_DATA_DIR, store_path
-from flashsim.transforms import JET_PREPROCESSING, Dequantize, Preprocessing, muon_preprocessing
+from flashsim.transforms import (
+    JET_PREPROCESSING,
+    Dequantize,
+    NegativeTo,
+    Preprocessing,
+    SmearSpike,
+    muon_preprocessing,
+)
 from pipelines.branches import (
     BranchPlan,
     MissingBranches,
@@ -64,10 +71,12 @@ from pipelines.branches import (
     normalize_branch_map,
     required_branches,
     resolve_branches,
+    source_dict,
 )
 from pipelines.hdf5_input import HDF5Info, inspect_hdf5
 from pipelines.inputs import InputFile, expand_inputs, single_kind
 from pipelines.nanoaod import inspect_nanoaod
+from pipelines.profiles import profile_named
 from pipelines.split import ValSplit, check_val_options, val_row_count
 from pipelines.spool import die_with_parent, make_spool, remove_spool
 from pipelines.tasks import DEFAULT_STEP_EVENTS, DropCount, Task, TaskResult, run_task
@@ -78,6 +87,7 @@ log = logging.getLogger("flashsim.prep")
 STEPS_PER_TASK = 5
 """Most steps per task: tasks are the unit of parallel work (and of progress with workers)."""
 SUBSTITUTE_DEQUANTIZE_SIGMA = 0.1
+SUBSTITUTE_SMEAR_SIGMA = 0.01
 
 
 # ---------------------------------------------------------------------------
@@ -138,9 +148,10 @@ class PrepSummary:
             if inp.get("events", inp.get("rows")) == 0:
                 lines.append(f"  {inp['path']}: 0 {unit}, contributes no rows")
         for sub in self.substitutions:
+            where = f", {sub['profile']} profile" if sub["profile"] else ""
             lines.append(
                 f"  substitution: {sub['branch']} <- {sub['substitute']} "
-                f"({len(sub['files'])} file(s))"
+                f"({len(sub['files'])} file(s){where})"
             )
         lines.append("  outputs:")
         for o in self.objects.values():
@@ -186,6 +197,8 @@ class _Input:
             "sha256": sha256,
             "storage": self.storage,
         }
+        if self.plan is not None:
+            entry["nanoaod_profile"] = self.plan.profile
         if self.hdf5 is None:
             entry["events"] = self.n
         else:
@@ -243,7 +256,9 @@ def _substitutions(inputs: Sequence[_Input]) -> list[dict]:
     merged: dict[tuple, dict] = {}
     for inp in inputs:
         for src in inp.plan.substitutions if inp.plan else ():
-            entry = merged.setdefault((src.branch, src.description), {**src.to_dict(), "files": []})
+            entry = merged.setdefault(
+                (src.branch, src.description), {**source_dict(src), "files": []}
+            )
             entry["files"].append(str(inp.file.path))
     return list(merged.values())
 
@@ -265,19 +280,26 @@ def preprocessing_for(
     """The preprocessing chain of ``obj``, from :mod:`flashsim.transforms`.
 
     A target column in ``constant_targets`` (filled with an integral constant by a
-    substitute, e.g. the built-in ``Jet_btagCMVA = -1``) that has no transform of its
-    own gets ``Dequantize(0.1)``: a constant target is a delta function a flow cannot
-    fit, and the inverse (rounding) gives the constant back exactly.
+    substitute, e.g. the built-in ``Jet_btagCMVA = -1``) would be a delta function a
+    flow cannot fit. Without a transform of its own it gets ``Dequantize(0.1)`` (the
+    inverse, rounding, gives the constant back exactly); a failed-score column
+    (``NegativeTo``, e.g. ``Jet_btagCSVV2 = -1`` in Run 3) gets its spike at the mapped
+    value smeared by ``N(0, 0.01)`` (the inverse maps the spike back to that value).
     """
     base = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(sum_eoot)
-    transformed = {name for name, _ in base.steps}
+    own = dict(base.steps)
     wanted = set(constant_targets)
-    extra = tuple(
-        (col, Dequantize(SUBSTITUTE_DEQUANTIZE_SIGMA))
-        for col in base.layout.target_columns
-        if col in wanted and col not in transformed
-    )
-    return Preprocessing(base.layout, base.steps + extra)
+    extra = []
+    for col in base.layout.target_columns:
+        if col not in wanted:
+            continue
+        step = own.get(col)
+        if step is None:
+            extra.append((col, Dequantize(SUBSTITUTE_DEQUANTIZE_SIGMA)))
+        elif isinstance(step, NegativeTo):
+            spike = step.value
+            extra.append((col, SmearSpike(spike / 2, spike, SUBSTITUTE_SMEAR_SIGMA, spike)))
+    return Preprocessing(base.layout, base.steps + tuple(extra))
 
 
 def _hdf5_preprocessing(obj: str, inputs: Sequence[_Input]) -> tuple[Preprocessing, str]:
@@ -648,11 +670,25 @@ def _plan(inputs, out, objects, formats, gen_muons, sum_eoot, user_map, strict) 
     return _Plan(kind, inputs_, objects, targets, _substitutions(inputs_))
 
 
+def _file_names(files: Sequence[str]) -> str:
+    return ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+
+
 def _warn_substitutions(substitutions: Iterable[dict]) -> None:
-    """One warning per substituted branch: built-in substitutes and the user's map."""
+    """One warning per NanoAOD generation with substitutes, then one per substituted branch."""
+    substitutions = list(substitutions)
+    by_profile: dict[str, set[str]] = {}
     for sub in substitutions:
-        files = ", ".join(Path(f).name for f in sub["files"][:3])
-        files += ", ..." if len(sub["files"]) > 3 else ""
+        if sub["origin"] == "builtin":
+            by_profile.setdefault(sub["profile"], set()).update(sub["files"])
+    for name, files in by_profile.items():
+        log.warning(
+            "%d input file(s) (%s) recognised as %s: its documented substitutes apply "
+            "(docs/prep.md).",
+            len(files), _file_names(sorted(files)), profile_named(name).title,
+        )  # fmt: skip
+    for sub in substitutions:
+        files = _file_names(sub["files"])
         if sub["origin"] == "builtin":
             template = "%s is not in %d input file(s) (%s); using %s."
         else:

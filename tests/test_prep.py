@@ -343,7 +343,12 @@ def test_newer_nanoaod_needs_a_branch_map(tmp_path):
     assert subs["Jet_btagDeepC"]["reads"] == ["Jet_btagDeepFlavB", "Jet_btagDeepFlavCvB"]
     rows = rows_of(store_path(tmp_path / "ok", "jets", "zarr"))
     col = {c: rows[:, JETS.index(c)] for c in JETS.columns}
-    np.testing.assert_array_equal(col["MJet_qgl"], np.float32(-0.1))  # -1 is "failed" -> -0.1
+    # -1 is "failed" -> -0.1, and a constant failed score is smeared there (N(-0.1, 0.01))
+    assert np.all(np.abs(col["MJet_qgl"] + 0.1) < 0.05) and np.std(col["MJet_qgl"]) > 0.005
+    qgl_step = next(
+        e for e in meta["preprocessing"] if e["column"] == "MJet_qgl" and e["kind"] == "smear_spike"
+    )
+    assert qgl_step["fill"] == -0.1 and qgl_step["threshold"] == -0.05
     # an integral constant target without a transform of its own is dequantized
     assert np.all(np.round(col["MJet_bRegCorr"]) == 1.0) and np.std(col["MJet_bRegCorr"]) > 0.05
     steps = [(e["column"], e["kind"]) for e in meta["preprocessing"]]
