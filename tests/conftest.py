@@ -122,3 +122,13 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rows_of(path: str | os.PathLike, split: str | None = None) -> np.ndarray:
+    """Every row of a store (``split``: only ``"train"`` or ``"val"``), blocks concatenated."""
+    from flashsim.store import SPLITS
+    from pipelines.store_info import iter_blocks
+
+    splits = (split,) if split else SPLITS
+    blocks = [b for s in splits for b in iter_blocks(path, s)]
+    return np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)

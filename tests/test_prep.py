@@ -17,21 +17,15 @@ from flashsim.store import SPLITS, read_metadata, store_path
 from flashsim.transforms import Dequantize, SmearSpike
 from pipelines import writers
 from pipelines.prep import prep, preprocessing_for
-from pipelines.store_info import column_stats, describe_store, iter_blocks
+from pipelines.store_info import column_stats, describe_store
 from pipelines.tasks import drop_non_finite, step_rng
 
-from conftest import DY, TTBAR, raw_feature_rows, read_events, write_events
+from conftest import DY, TTBAR, raw_feature_rows, read_events, rows_of, write_events
 
 SAMPLES = [str(TTBAR), str(DY)]
 PAST_END = {"jets": 11 + 2, "muons": 0}
 """Reco objects whose gen index points past the gen collection: matched, then dropped."""
 MATCHED = {"jets": 362 + 95 + PAST_END["jets"], "muons": 38 + 16}
-
-
-def rows_of(path, split=None) -> np.ndarray:
-    splits = (split,) if split else SPLITS
-    blocks = [b for s in splits for b in iter_blocks(path, s)]
-    return np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)
 
 
 def random_columns(layout, obj, sum_eoot="log1p", constants=()):
