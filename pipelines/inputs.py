@@ -1,8 +1,10 @@
 """Expand the INPUT arguments of ``flashsim prep`` into a list of classified files.
 
 An input may be a file, a glob (``data/*.root``), a directory (every ``.root``,
-``.h5`` and ``.hdf5`` file inside, not recursive) or a ``.txt`` list of paths (one
-per line, ``#`` comments, relative paths taken from the list's own directory). Files
+``.h5`` and ``.hdf5`` file inside, not recursive), an XRootD URL
+(``root://HOST[:PORT]//path/file.root``, see :mod:`pipelines.remote`) or a ``.txt``
+list of paths and URLs (one per line, ``#`` comments, relative paths taken from the
+list's own directory). Files
 are classified by their magic bytes, not their names: ROOT files start with ``root``,
 HDF5 files with ``\\x89HDF\\r\\n\\x1a\\n`` (at offset 0 or at a user-block boundary).
 
@@ -23,24 +25,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flashsim.errors import InputError
+from pipelines.remote import RemoteStat, check_url, is_remote, read_head, stat_remote
 
 ROOT_MAGIC = b"root"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)  # HDF5 allows a user block before the superblock
 _DIRECTORY_SUFFIXES = (".root", ".h5", ".hdf5")
 _GLOB_CHARS = set("*?[")
+_HEAD_BYTES = max(_HDF5_OFFSETS) + len(HDF5_MAGIC)
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: its resolved ``path`` and ``kind`` (``"root"`` or ``"hdf5"``)."""
+    """One input file: its resolved ``path`` and ``kind`` (``"root"`` or ``"hdf5"``).
 
-    path: Path
+    A remote file (``root://`` URL) keeps its URL as ``path`` (a ``str``) and has its
+    ``remote`` stat: size, modification time and the server's checksum.
+    """
+
+    path: Path | str
     kind: str
+    remote: RemoteStat | None = None
 
     @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        return self.remote.size if self.remote else Path(self.path).stat().st_size
 
 
 def classify(path: str | os.PathLike) -> str:
@@ -56,9 +65,13 @@ def classify(path: str | os.PathLike) -> str:
         raise InputError(f"{p} is a directory; pass the files inside it or the directory alone.")
     try:
         with open(p, "rb") as f:
-            head = f.read(max(_HDF5_OFFSETS) + len(HDF5_MAGIC))
+            head = f.read(_HEAD_BYTES)
     except OSError as err:
         raise InputError(f"Cannot read input file {p}: {err.strerror or err}.") from None
+    return _kind_of(head, p)
+
+
+def _kind_of(head: bytes, p: Path | str) -> str:
     if head.startswith(ROOT_MAGIC):
         return "root"
     if any(head[o : o + len(HDF5_MAGIC)] == HDF5_MAGIC for o in _HDF5_OFFSETS):
@@ -78,18 +91,21 @@ def _read_list(list_file: Path) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        out.append(line if os.path.isabs(line) else str(base / line))
+        out.append(line if os.path.isabs(line) or is_remote(line) else str(base / line))
     if not out:
         raise InputError(f"The input list {list_file} names no files (empty or only comments).")
     return out
 
 
-def _expand_one(arg: str) -> list[Path]:
-    if "://" in arg:
-        raise InputError(
-            f"{arg} is a remote URL; flashsim prep reads local files only. Copy the file "
-            "locally first (e.g. with xrdcp) and pass its path."
-        )
+def _expand_one(arg: str) -> list[Path | str]:
+    if is_remote(arg):
+        check_url(arg)
+        if _GLOB_CHARS & set(arg.split("://", 1)[1]):
+            raise InputError(
+                f"{arg}: patterns are not expanded on remote servers. List the files, one URL "
+                "a line, in a .txt file and pass that."
+            )
+        return [arg]
     # An existing path is a path before it is a pattern: `br[1].root` names itself.
     if _GLOB_CHARS & set(arg) and not os.path.lexists(arg):
         matches = sorted(glob.glob(arg))
@@ -126,16 +142,27 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputFile]:
     args = [os.fspath(i) for i in inputs]
     if not args:
         raise InputError("No input given. Pass NanoAOD ROOT or FlashSim HDF5 files.")
-    seen: set[Path] = set()
+    seen: set[Path | str] = set()
     files: list[InputFile] = []
     for arg in args:
         for path in _expand_one(arg):
-            kind = classify(path)
-            resolved = path.resolve()
-            if resolved not in seen:
-                seen.add(resolved)
-                files.append(InputFile(resolved, kind))
+            key = path if is_remote(path) else Path(path).resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            files.append(_remote_input(path) if is_remote(path) else InputFile(key, classify(key)))
     return files
+
+
+def _remote_input(url: str) -> InputFile:
+    """A remote file, stat-ed and classified on its server (no download)."""
+    stat = stat_remote(url)
+    kind = _kind_of(read_head(url, _HEAD_BYTES), url)
+    if kind != "root":
+        raise InputError(
+            f"{url} is an HDF5 file; remote HDF5 inputs are not read. Copy it locally first."
+        )
+    return InputFile(url, kind, stat)
 
 
 def single_kind(files: Sequence[InputFile]) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import awkward as ak
 
 from flashsim.errors import InputError
+from pipelines.remote import is_remote, open_remote
 
 if TYPE_CHECKING:
     import uproot  # imported where a file is opened: a slow import
@@ -36,17 +37,22 @@ EVENTS = "Events"
 class NanoAODInfo:
     """What prep needs to know about one NanoAOD file before reading it."""
 
-    path: Path
+    path: Path | str  # a str for a remote URL
     n_events: int
     branches: frozenset[str]
     storage: str  # "TTree" or "RNTuple"
 
 
-def _open_events(path: Path):
+def _open_events(path: Path | str):
     import uproot
 
     try:
-        file = uproot.open(path, object_cache=None, array_cache=None)
+        if is_remote(path):
+            file = open_remote(str(path))
+        else:
+            file = uproot.open(path, object_cache=None, array_cache=None)
+    except InputError:
+        raise
     except Exception as err:  # uproot raises many types for damaged files
         reason = " ".join(str(err).split())  # uproot's messages span lines
         reason = reason if len(reason) < 300 else reason[:300] + "..."
@@ -79,18 +85,24 @@ CACHED_FILES = 4
 """Open files kept per thread (least recently used closed first)."""
 
 
-def _cached_events(path: Path):
+def _file_key(path: Path | str) -> tuple:
+    if is_remote(path):  # a remote file is opened once per thread and run
+        return (str(path),)
+    try:
+        stat = Path(path).stat()
+    except OSError as err:
+        raise InputError(f"Cannot read input file {path}: {err.strerror or err}.") from None
+    return (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _cached_events(path: Path | str):
     """The ``Events`` of ``path``, kept open (per thread) for the next calls on the same file.
 
     Opening a NanoAOD TTree deserializes every branch header (~1500 branches: about a
     second), so inspection, the steps and the tasks of one file share one open file.
-    A file rewritten since (other mtime or size) is opened afresh.
+    A local file rewritten since (other mtime or size) is opened afresh.
     """
-    try:
-        stat = path.stat()
-    except OSError as err:
-        raise InputError(f"Cannot read input file {path}: {err.strerror or err}.") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = _file_key(path)
     entries = _cache.__dict__.setdefault("entries", {})
     if key in entries:
         entries[key] = entries.pop(key)  # most recently used last
@@ -133,7 +145,7 @@ def inspect_nanoaod(path: str | os.PathLike) -> NanoAODInfo:
     Raises:
         InputError: unreadable file or no ``Events`` TTree/RNTuple.
     """
-    p = Path(path)
+    p = path if is_remote(path) else Path(path)
     events = _cached_events(p)
     return NanoAODInfo(
         path=p,
@@ -172,7 +184,7 @@ def iterate_steps(
         raise ValueError("entry_start must be a multiple of step_events")
     if entry_stop <= entry_start:
         return
-    events = _cached_events(Path(path))
+    events = _cached_events(path if is_remote(path) else Path(path))
     keys = _key_map(events)
     step = entry_start // step_events
     chunks = events.iterate(

@@ -197,6 +197,10 @@ class _Input:
             "sha256": sha256,
             "storage": self.storage,
         }
+        # a remote file is not downloaded to be hashed: its server's checksum or its size
+        # and modification time identify it (entry["identity"] says which)
+        remote = self.file.remote
+        entry.update(remote.to_dict() if remote else {"identity": "sha256"})
         if self.plan is not None:
             entry["nanoaod_profile"] = self.plan.profile
         if self.hdf5 is None:
@@ -353,7 +357,7 @@ def _tasks(
                     preprocessing={o: preprocessing[o] for o in inp.objects}
                     if inp.file.kind == "root"
                     else {},
-                    hash_input=start == 0,
+                    hash_input=start == 0 and inp.file.remote is None,
                 )
             )
     return tasks
