@@ -67,8 +67,12 @@ def check_url(url: str) -> None:
             f"{url}: {scheme}:// inputs are not supported. flashsim prep reads local files "
             "and XRootD URLs (root://HOST[:PORT]//absolute/path); copy the file locally first."
         )
-    from XRootD.client import URL
-
+    try:
+        from XRootD.client import URL
+    except ImportError:  # pragma: no cover - fsspec-xrootd (and XRootD) are dependencies
+        raise InputError(
+            f"{url}: reading root:// URLs needs the XRootD client: pip install fsspec-xrootd."
+        ) from None
     if not URL(url).is_valid() or not URL(url).path:
         raise InputError(
             f"{url} is not a valid XRootD URL; write root://HOST[:PORT]//absolute/path/file.root."
