@@ -256,3 +256,18 @@ def test_run2_versions(tmp_path):
     assert {s["branch"] for s in summary.substitutions} == set(drop)
     assert set(drop) == documented_substitutes("run2")
     assert summary.inputs[0]["nanoaod_profile"] == "run2"
+
+
+def test_v12_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from flashsim.cli import main
+
+    ok = CliRunner().invoke(main, ["prep", str(V12), "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "recognised as Run 3 NanoAOD v12" in ok.output
+    for branch in V12_SUBSTITUTES:
+        assert f"substitution: {branch} <- " in ok.output
+    strict = CliRunner().invoke(main, ["prep", str(V12), "--out", str(tmp_path / "b"), "--strict"])
+    assert strict.exit_code == 2 and "Traceback" not in strict.output
+    assert all(branch in strict.output for branch in V12_SUBSTITUTES)

@@ -145,11 +145,13 @@ def prep(
 ) -> None:
     """Turn NanoAOD ROOT (or FlashSim HDF5) files into chunked training stores.
 
-    INPUT is a file, a glob, a directory or a .txt list of paths. For each object
+    INPUT is a file, a glob, a directory, a root://HOST//path URL or a .txt list of
+    paths and URLs. For each object
     (jets: 31 columns, muons: 52) prep matches reconstructed to generator-level
     objects, computes the features, applies the preprocessing, drops rows with NaN/inf
     (counted), splits train/val (seeded) and writes OUT/jets.zarr, OUT/muons.zarr (or
-    -wds/, .h5) with their metadata. Missing branches of older NanoAODs get documented
+    -wds/, .h5) with their metadata. Branches the paper layouts need but the file's
+    NanoAOD generation (Run 2, Run 3 v12, v15) lacks get that generation's documented
     substitutes (a warning lists them; --strict forbids them); see docs/prep.md.
 
     \b
