@@ -204,8 +204,13 @@ def iterate_steps(
             reason = " ".join(str(err).split())[:300]
             raise InputError(
                 f"{path}: reading events {first}-{min(first + step_events, entry_stop) - 1} "
-                f"failed ({type(err).__name__}: {reason}). The file is probably damaged; "
-                "copy it again, or leave it out."
+                f"failed ({type(err).__name__}: {reason}). "
+                + (
+                    "The server stopped answering or the file is damaged; try again, or copy "
+                    "it locally (xrdcp) and pass its path."
+                    if is_remote(path)
+                    else "The file is probably damaged; copy it again, or leave it out."
+                )
             ) from None
         yield step, len(arrays), _by_canonical(arrays, keys, branches)
         step += 1

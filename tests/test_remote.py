@@ -202,3 +202,22 @@ def test_unsupported_urls(tmp_path):
         prep(["https://example.org/nano.root"], tmp_path / "o", progress=False)
     with pytest.raises(FlashSimError, match="patterns are not expanded"):
         prep(["root://127.0.0.1//data/*.root"], tmp_path / "o", progress=False)
+
+
+def test_server_stops_during_the_read():
+    from pipelines.nanoaod import close_cached, inspect_nanoaod, iterate_steps
+
+    srv = XRootDServer()
+    url = srv.url("a.root")
+    try:
+        info = inspect_nanoaod(url)  # the file is open, its baskets not yet read
+        srv.process.terminate()
+        srv.process.wait(timeout=10)
+        t0 = time.monotonic()
+        with pytest.raises(FlashSimError) as err:
+            list(iterate_steps(url, ["Jet_pt", "Muon_pt"], 0, info.n_events, 100))
+        assert time.monotonic() - t0 < TIMEOUT_S
+        assert url in str(err.value) and "server stopped answering" in str(err.value)
+    finally:
+        close_cached()
+        srv.stop()
