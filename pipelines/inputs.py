@@ -100,11 +100,6 @@ def _read_list(list_file: Path) -> list[str]:
 def _expand_one(arg: str) -> list[Path | str]:
     if is_remote(arg):
         check_url(arg)
-        if _GLOB_CHARS & set(arg.split("://", 1)[1]):
-            raise InputError(
-                f"{arg}: patterns are not expanded on remote servers. List the files, one URL "
-                "a line, in a .txt file and pass that."
-            )
         return [arg]
     # An existing path is a path before it is a pattern: `br[1].root` names itself.
     if _GLOB_CHARS & set(arg) and not os.path.lexists(arg):

@@ -1,14 +1,16 @@
-"""Remote NanoAOD inputs (``root://`` XRootD URLs): stat, identity, first bytes and opening.
+"""Remote NanoAOD inputs (``root://`` and ``https://`` URLs): stat, identity, first bytes
+and opening.
 
-Files are read through uproot's own remote source (fsspec-xrootd for ``root://``), so
-prep reads only the baskets it needs. The XRootD client is given bounded timeouts and a
+Files are read through uproot's own remote sources (fsspec-xrootd for ``root://``,
+``HTTPSource`` for ``https://``), so prep reads only the baskets it needs. The XRootD client is given bounded timeouts and a
 single connection attempt per try, and every server call is retried a few times with a
 short back-off; a missing file is reported at once (no retry), a server that cannot be
 reached after the last try, with the URL and what to check.
 
 A remote file is identified without downloading it: by the server's checksum where the
 server computes one (``xrootd.chksum`` in its configuration), otherwise by its size and
-modification time; :attr:`RemoteStat.identity` says which.
+modification time (web servers: their ETag where they send one);
+:attr:`RemoteStat.identity` says which.
 
 ``FLASHSIM_REMOTE_TIMEOUT_S`` (default 30) sets the timeout of one server call, in seconds.
 
@@ -29,6 +31,7 @@ from typing import TypeVar
 from flashsim.errors import InputError
 
 XROOTD_SCHEMES = ("root", "xroot")
+HTTP_SCHEMES = ("https", "http")
 DEFAULT_TIMEOUT_S = 30
 RETRIES = 3
 """Tries of one server call when the server cannot be reached."""
@@ -59,13 +62,24 @@ class Unreachable(OSError):
     """The server did not answer (connection refused, timed out)."""
 
 
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _is_http(url: str) -> bool:
+    return _scheme(url) in HTTP_SCHEMES
+
+
 def check_url(url: str) -> None:
     """Refuse URLs prep cannot read, naming the ones it can."""
-    scheme = url.split("://", 1)[0].lower()
+    scheme = _scheme(url)
+    if scheme in HTTP_SCHEMES:
+        return
     if scheme not in XROOTD_SCHEMES:
         raise InputError(
-            f"{url}: {scheme}:// inputs are not supported. flashsim prep reads local files "
-            "and XRootD URLs (root://HOST[:PORT]//absolute/path); copy the file locally first."
+            f"{url}: {scheme}:// inputs are not supported. flashsim prep reads local files, "
+            "XRootD URLs (root://HOST[:PORT]//absolute/path) and https:// URLs; copy the file "
+            "locally first."
         )
     try:
         from XRootD.client import URL
@@ -76,6 +90,11 @@ def check_url(url: str) -> None:
     if not URL(url).is_valid() or not URL(url).path:
         raise InputError(
             f"{url} is not a valid XRootD URL; write root://HOST[:PORT]//absolute/path/file.root."
+        )
+    if set("*?[") & set(url.split("://", 1)[1]):
+        raise InputError(
+            f"{url}: patterns are not expanded on remote servers. List the files, one URL "
+            "a line, in a .txt file and pass that."
         )
 
 
@@ -115,16 +134,19 @@ def _raise_for(url: str, status) -> None:
 def with_retries(url: str, call: Callable[[int], T]) -> T:
     """``call(timeout)``, tried :data:`RETRIES` times while the server cannot be reached."""
     timeout = timeout_s()
-    _configure_client(timeout)
+    if not _is_http(url):
+        _configure_client(timeout)
     wait = BACKOFF_S
     for attempt in range(1, RETRIES + 1):
         try:
             return call(timeout)
         except Unreachable as err:
             if attempt == RETRIES:
-                server = _split(url)[0]
+                server, kind = (
+                    (_http_server(url), "HTTP") if _is_http(url) else (_split(url)[0], "XRootD")
+                )
                 raise InputError(
-                    f"Cannot reach the XRootD server {server} for {url} ({err}; {RETRIES} "
+                    f"Cannot reach the {kind} server {server} for {url} ({err}; {RETRIES} "
                     f"tries, {timeout} s timeout each). Check the host and port and that the "
                     "server is up (and your grid proxy, for CMS servers), or copy the file "
                     "locally (xrdcp) and pass its path."
@@ -147,6 +169,8 @@ class RemoteStat:
     @property
     def identity(self) -> str:
         """How the file is identified in the store metadata."""
+        if self.checksum and self.checksum.startswith("etag "):
+            return "server entity tag (HTTP ETag)"
         if self.checksum:
             return f"server checksum ({self.checksum.split()[0]})"
         return "size and modification time (the server gives no checksum)"
@@ -165,6 +189,8 @@ def stat_remote(url: str) -> RemoteStat:
     Raises:
         InputError: the file is missing, or the server cannot be reached.
     """
+    if _is_http(url):
+        return with_retries(url, lambda timeout: _http_stat(url, timeout))
     from XRootD.client import FileSystem
     from XRootD.client.flags import QueryCode
 
@@ -185,6 +211,9 @@ def stat_remote(url: str) -> RemoteStat:
 
 def read_head(url: str, n_bytes: int) -> bytes:
     """The first ``n_bytes`` of ``url`` (to classify it by its magic bytes)."""
+    if _is_http(url):
+        headers = {"Range": f"bytes=0-{n_bytes - 1}"}
+        return with_retries(url, lambda t: _http_request(url, "GET", t, headers)[1])
     from XRootD.client import File
     from XRootD.client.flags import OpenFlags
 
@@ -206,9 +235,11 @@ def open_remote(url: str):
     """``uproot.open`` of ``url`` through uproot's remote source, with timeouts and retries."""
     import uproot
 
+    options = {"handler": uproot.source.http.HTTPSource} if _is_http(url) else {}
+
     def call(timeout: int):
         try:
-            return uproot.open(url, timeout=timeout, object_cache=None, array_cache=None)
+            return uproot.open(url, timeout=timeout, object_cache=None, array_cache=None, **options)
         except OSError as err:  # fsspec-xrootd reports every failure as OSError
             text = " ".join(str(err).split())
             if "[3011]" in text or "no such file" in text.lower():
@@ -218,3 +249,45 @@ def open_remote(url: str):
             raise Unreachable(text) from None
 
     return with_retries(url, call)
+
+
+# ---------------------------------------------------------------------------
+# https:// (uproot's HTTPSource reads byte ranges; the stat is one HEAD request)
+# ---------------------------------------------------------------------------
+
+
+def _http_server(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _http_request(url: str, method: str, timeout: int, headers=None) -> tuple[dict, bytes]:
+    """``(response headers, body)``; a missing file is an InputError, no answer Unreachable."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            raise InputError(
+                f"Remote input {url} does not exist on its server (HTTP 404). Check the URL."
+            ) from None
+        raise InputError(f"The server of {url} refused to serve it (HTTP {err.code}).") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise Unreachable(str(getattr(err, "reason", err))) from None
+
+
+def _http_stat(url: str, timeout: int) -> RemoteStat:
+    from email.utils import parsedate_to_datetime
+
+    headers, _ = _http_request(url, "HEAD", timeout)
+    modified = headers.get("Last-Modified")
+    mtime = int(parsedate_to_datetime(modified).timestamp()) if modified else 0
+    etag = headers.get("ETag")
+    size = int(headers.get("Content-Length", 0))
+    return RemoteStat(url, size, mtime, f"etag {etag.strip(chr(34))}" if etag else None)

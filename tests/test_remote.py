@@ -198,8 +198,8 @@ def test_server_without_checksum(tmp_path):
 
 
 def test_unsupported_urls(tmp_path):
-    with pytest.raises(FlashSimError, match="https:// inputs are not supported"):
-        prep(["https://example.org/nano.root"], tmp_path / "o", progress=False)
+    with pytest.raises(FlashSimError, match="ftp:// inputs are not supported"):
+        prep(["ftp://127.0.0.1/nano.root"], tmp_path / "o", progress=False)
     with pytest.raises(FlashSimError, match="patterns are not expanded"):
         prep(["root://127.0.0.1//data/*.root"], tmp_path / "o", progress=False)
 

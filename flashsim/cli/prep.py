@@ -145,7 +145,7 @@ def prep(
 ) -> None:
     """Turn NanoAOD ROOT (or FlashSim HDF5) files into chunked training stores.
 
-    INPUT is a file, a glob, a directory, a root://HOST//path URL or a .txt list of
+    INPUT is a file, a glob, a directory, a root://HOST//path or https:// URL or a .txt list of
     paths and URLs. For each object
     (jets: 31 columns, muons: 52) prep matches reconstructed to generator-level
     objects, computes the features, applies the preprocessing, drops rows with NaN/inf
