@@ -45,11 +45,8 @@ from pipelines.profiles import (
     RUN2,
     Profile,
     Source,
-    c_from_cvb,
     detect_profile,
 )
-
-__all__ = ["BranchPlan", "Source", "c_from_cvb", "resolve_branches"]
 
 # ---------------------------------------------------------------------------
 # What each object reads. Value branches are copied into one layout column each;
@@ -190,10 +187,6 @@ def source_dict(src: Source) -> dict:
         "reads": list(src.reads),
         "constant": src.constant,
     }
-
-
-BUILTIN_SUBSTITUTES: dict[str, Source] = {b: c[0] for b, c in RUN2.substitutes.items()}
-"""The Run 2 profile's substitutes (the 2015 sample's): one per branch."""
 
 
 MAPPABLE_BRANCHES = KNOWN_BRANCHES | {r for p in PROFILES for r in p.reads()}

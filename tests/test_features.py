@@ -17,12 +17,12 @@ from pipelines.branches import (
     JET_VALUE_BRANCHES,
     MUON_VALUE_BRANCHES,
     PILEUP_BRANCHES,
-    c_from_cvb,
     materialize,
     required_branches,
     resolve_branches,
 )
 from pipelines.features import charge_from_pdg_id, jet_features, muon_features
+from pipelines.profiles import c_from_cvb
 
 from conftest import DY, TTBAR, raw_feature_rows
 
