@@ -145,7 +145,7 @@ def inspect_nanoaod(path: str | os.PathLike) -> NanoAODInfo:
     Raises:
         InputError: unreadable file or no ``Events`` TTree/RNTuple.
     """
-    p = path if is_remote(path) else Path(path)
+    p: Path | str = str(path) if is_remote(path) else Path(path)
     events = _cached_events(p)
     return NanoAODInfo(
         path=p,
@@ -184,7 +184,7 @@ def iterate_steps(
         raise ValueError("entry_start must be a multiple of step_events")
     if entry_stop <= entry_start:
         return
-    events = _cached_events(path if is_remote(path) else Path(path))
+    events = _cached_events(str(path) if is_remote(path) else Path(path))
     keys = _key_map(events)
     step = entry_start // step_events
     chunks = events.iterate(

@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from flashsim.errors import InputError
+
+if TYPE_CHECKING:
+    import uproot
+    from XRootD.client.responses import XRootDStatus
 
 XROOTD_SCHEMES = ("root", "xroot")
 HTTP_SCHEMES = ("https", "http")
@@ -115,7 +119,7 @@ def _split(url: str) -> tuple[str, str]:
     return f"{u.protocol}://{u.hostid}", u.path
 
 
-def _raise_for(url: str, status) -> None:
+def _raise_for(url: str, status: XRootDStatus) -> None:
     """An :class:`InputError` for a missing file, :class:`Unreachable` for a dead server."""
     if status.ok:
         return
@@ -231,13 +235,13 @@ def read_head(url: str, n_bytes: int) -> bytes:
     return with_retries(url, call)
 
 
-def open_remote(url: str):
+def open_remote(url: str) -> uproot.ReadOnlyDirectory:
     """``uproot.open`` of ``url`` through uproot's remote source, with timeouts and retries."""
     import uproot
 
     options = {"handler": uproot.source.http.HTTPSource} if _is_http(url) else {}
 
-    def call(timeout: int):
+    def call(timeout: int) -> uproot.ReadOnlyDirectory:
         try:
             return uproot.open(url, timeout=timeout, object_cache=None, array_cache=None, **options)
         except OSError as err:  # fsspec-xrootd reports every failure as OSError
@@ -263,7 +267,9 @@ def _http_server(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _http_request(url: str, method: str, timeout: int, headers=None) -> tuple[dict, bytes]:
+def _http_request(
+    url: str, method: str, timeout: int, headers: Mapping[str, str] | None = None
+) -> tuple[dict, bytes]:
     """``(response headers, body)``; a missing file is an InputError, no answer Unreachable."""
     import urllib.error
     import urllib.request
