@@ -23,6 +23,12 @@ def check_known_keys(cls: type, values: dict, what: str) -> None:
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "leaky_relu", "gelu")
 """Names of the activation functions of the conditioner networks."""
 
+SPLINE_ENGINES: tuple[str, ...] = ("fused", "nflows")
+"""Implementations of the rational-quadratic coupling transforms (the same mathematics and
+the same weights): ``fused`` (:mod:`flashsim.spline`: no masks, no host syncs,
+compilable) and ``nflows`` (the library's own, for comparison)."""
+DEFAULT_SPLINE = "fused"
+
 
 @dataclass(frozen=True)
 class FlowConfig:
@@ -45,6 +51,11 @@ class FlowConfig:
             conditioning. Not in the original model; it makes the spline interval
             ``[-tail_bound, tail_bound]`` fit every column, so small flows learn in
             minutes instead of days.
+        spline: the engine that computes the coupling splines, one of
+            :data:`SPLINE_ENGINES`. Not a hyperparameter: both give the same flow with the
+            same ``state_dict``, so a checkpoint of either can be rebuilt with the other
+            (``load_model(..., spline=...)``). Checkpoints written before this field
+            existed load as ``"fused"``.
     """
 
     n_targets: int
@@ -58,6 +69,7 @@ class FlowConfig:
     dropout: float = 0.0
     batch_norm: bool = True
     standardize: bool = False
+    spline: str = DEFAULT_SPLINE
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +90,10 @@ class FlowConfig:
             problems.append(
                 f"activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})"
             )
+        if self.spline not in SPLINE_ENGINES:
+            problems.append(
+                f"spline must be one of {', '.join(SPLINE_ENGINES)} (got {self.spline!r})"
+            )
         if problems:
             raise FlashSimError("Invalid flow configuration: " + "; ".join(problems) + ".")
 
@@ -87,7 +103,8 @@ class FlowConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> FlowConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, missing keys
+        take their defaults (``spline``: checkpoints older than it load as ``"fused"``)."""
         check_known_keys(cls, values, "flow configuration")
         return cls(**values)
 

@@ -318,10 +318,15 @@ def _check_request(paths, step_events: int, out: Path, overwrite: bool, compress
     parse_compression(compression)
 
 
-def _load_models(paths: Mapping[str, str | os.PathLike | None], device: str) -> dict:
-    """The trained flow of each object given a path, each checked to model that object."""
+def _load_models(
+    paths: Mapping[str, str | os.PathLike | None], device: str, spline: str | None = None
+) -> dict:
+    """The trained flow of each object given a path, each checked to model that object;
+    ``spline`` rebuilds them with that engine instead of their own."""
     dev = resolve_device(device)
-    models = {o: TrainedFlow.load(p, device=dev) for o, p in paths.items() if p is not None}
+    models = {
+        o: TrainedFlow.load(p, device=dev, spline=spline) for o, p in paths.items() if p is not None
+    }
     for obj, model in models.items():
         if model.object != obj:
             raise FlashSimError(
@@ -339,6 +344,7 @@ def generate(
     muons: str | os.PathLike | None = None,
     seed: int = 0,
     device: str = "auto",
+    spline: str | None = None,
     step_events: int = DEFAULT_STEP_EVENTS,
     branch_map: Mapping[str, str | float] | None = None,
     compression: str = DEFAULT_COMPRESSION,
@@ -354,6 +360,8 @@ def generate(
         muons: the same for muons. At least one of the two.
         seed: same inputs, models, seed, step_events and device: same output.
         device: where the flows run: ``auto`` (CUDA if available), ``cpu``, ``cuda``.
+        spline: sample with this spline engine (``fused``/``nflows``) instead of each
+            checkpoint's own; the weights are the same.
         step_events: events read, simulated and written per step (bounds memory).
         branch_map: input branch substitutions, as ``prep --branch``.
         compression: ``lz4`` (default), ``zstd``, ``zlib``, ``lzma``, ``none``, or ``NAME:LEVEL``.
@@ -368,7 +376,7 @@ def generate(
     paths = {"jets": jets, "muons": muons}
     out = Path(out)
     _check_request(paths, step_events, out, overwrite, compression)
-    models = _load_models(paths, device)
+    models = _load_models(paths, device, spline)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
     total = sum(inp.n_events for inp in planned)
@@ -380,6 +388,7 @@ def generate(
         "tool": f"flashsim {__version__}",
         "models": {o: str(m.checkpoint) for o, m in models.items()},
         "seed": seed,
+        "spline": {o: m.config.spline for o, m in models.items()},
         "jets_gen_muons": gen_muons,
         "inputs": [str(i.path) for i in planned],
     }

@@ -5,7 +5,11 @@ the ``uci.py`` example of the neural spline flow paper, arXiv:1906.04032):
 
 * base distribution: ``StandardNormal((n_targets,))``;
 * ``num_flow_steps`` steps, each ``RandomPermutation`` + ``LULinear(identity_init=True)``
-  followed by a ``PiecewiseRationalQuadraticCouplingTransform`` whose mask alternates
+  followed by a ``PiecewiseRationalQuadraticCouplingTransform`` (computed by the engine
+  ``FlowConfig.spline``: :mod:`flashsim.spline`'s sync-free
+  :class:`~flashsim.spline.FusedRQCouplingTransform` by default, or nflows' own; the same
+  mathematics and parameters; the fused engine's ``LULinear`` also keeps its index
+  arrays on the device, :mod:`flashsim.lu_linear`) whose mask alternates
   (``even = step % 2 == 0``), ``tails="linear"``, ``tail_bound`` (1.0, the original
   default: the splines act on [-1, 1], the linear tails pass the rest through), and a
   conditioner ``ResidualNet(in, out, hidden, context_features=n_conditioning,
@@ -45,6 +49,8 @@ from torch.nn import functional as F
 from flashsim.checkpoint import load_checkpoint
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig
+from flashsim.lu_linear import DeviceIndexLULinear
+from flashsim.spline import FusedRQCouplingTransform
 
 # nflows 0.14 (the last release) calls torch.triangular_solve, deprecated since torch 2.0;
 # the warning is the library's, not the user's, and would repeat every run.
@@ -53,14 +59,22 @@ warnings.filterwarnings("ignore", message="torch.triangular_solve is deprecated"
 ACTIVATION_FUNCTIONS = {"relu": F.relu, "elu": F.elu, "leaky_relu": F.leaky_relu, "gelu": F.gelu}
 """Activation functions of the conditioner networks, by name (see ``ACTIVATIONS``)."""
 
+ENGINES = {
+    "fused": (FusedRQCouplingTransform, DeviceIndexLULinear),
+    "nflows": (transforms.PiecewiseRationalQuadraticCouplingTransform, transforms.LULinear),
+}
+"""``(coupling transform, LU linear)`` classes of each engine (``FlowConfig.spline``): the
+fused engine's are nflows' own classes with sync-free internals, same parameters."""
 
-def _linear_transform(features: int) -> transforms.Transform:
+
+def _linear_transform(features: int, config: FlowConfig) -> transforms.Transform:
     # A random (fixed) permutation then a learnable LU-decomposed linear map starting at
     # the identity: the original's create_linear_transform.
+    lu_linear = ENGINES[config.spline][1]
     return transforms.CompositeTransform(
         [
             transforms.RandomPermutation(features=features),
-            transforms.LULinear(features, identity_init=True),
+            lu_linear(features, identity_init=True),
         ]
     )
 
@@ -80,7 +94,7 @@ def _coupling_transform(step: int, config: FlowConfig) -> transforms.Transform:
             use_batch_norm=config.batch_norm,
         )
 
-    return transforms.PiecewiseRationalQuadraticCouplingTransform(
+    return ENGINES[config.spline][0](
         mask=utils.create_alternating_binary_mask(config.n_targets, even=(step % 2 == 0)),
         transform_net_create_fn=conditioner,
         num_bins=config.num_bins,
@@ -157,11 +171,11 @@ def build_flow(config: FlowConfig, seed: int | None = None) -> flows.Flow:
     def build() -> flows.Flow:
         steps = [
             transforms.CompositeTransform(
-                [_linear_transform(config.n_targets), _coupling_transform(i, config)]
+                [_linear_transform(config.n_targets, config), _coupling_transform(i, config)]
             )
             for i in range(config.num_flow_steps)
         ]
-        layers = [*steps, _linear_transform(config.n_targets)]
+        layers = [*steps, _linear_transform(config.n_targets, config)]
         embedding = None
         if config.standardize:  # identity until set_standardization
             layers.insert(
@@ -188,7 +202,9 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def load_model(
-    checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu"
+    checkpoint_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    spline: str | None = None,
 ) -> tuple[flows.Flow, FlowConfig, dict]:
     """Rebuild a trained flow from a checkpoint file alone.
 
@@ -196,6 +212,8 @@ def load_model(
         checkpoint_path: a checkpoint written by ``flashsim train`` (``best.pt``,
             ``last.pt``, ``epoch-0005.pt``, ...).
         device: where to put the flow.
+        spline: rebuild the flow with this spline engine (``"fused"``/``"nflows"``)
+            instead of the checkpoint's; the weights are the same either way.
 
     Returns:
         ``(flow, config, metadata)``: the flow in eval mode, its :class:`FlowConfig` and
@@ -206,7 +224,7 @@ def load_model(
         FlashSimError: if the file is missing or not a flashsim checkpoint.
     """
     ckpt = load_checkpoint(checkpoint_path, map_location="cpu")
-    config = ckpt.flow_config
+    config = ckpt.flow_config.replace(spline=spline)
     flow = build_flow(config)
     try:
         flow.load_state_dict(ckpt.model)

@@ -101,7 +101,8 @@ class TrainedFlow:
     """A trained conditional flow with the layout and preprocessing it was trained with.
 
     Attributes:
-        flow: the nflows flow, in eval mode, on ``device``.
+        flow: the nflows flow, in eval mode, on ``device``; sampling runs its inverse, with
+            the spline engine of ``config.spline``.
         config: its hyperparameters.
         layout: the column layout (jets or muons).
         preprocessing: the store's preprocessing chain (forward and inverse).
@@ -119,10 +120,13 @@ class TrainedFlow:
     device: torch.device
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedFlow:
-        """Load a run directory (its best checkpoint) or a checkpoint file."""
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", spline: str | None = None
+    ) -> TrainedFlow:
+        """Load a run directory (its best checkpoint) or a checkpoint file; ``spline``
+        rebuilds the flow with that engine instead of the checkpoint's (same weights)."""
         checkpoint = resolve_checkpoint(path)
-        flow, config, meta = load_model(checkpoint, device=device)
+        flow, config, meta = load_model(checkpoint, device=device, spline=spline)
         obj = meta.get("object")
         if obj not in ("jets", "muons"):
             raise FlashSimError(

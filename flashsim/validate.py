@@ -426,6 +426,7 @@ def validate(
     out: str | os.PathLike | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    spline: str | None = None,
     bins: int = 50,
     progress: bool = True,
     object: str | None = None,
@@ -445,8 +446,8 @@ def validate(
         out: output directory (default :func:`default_out` of ``run``).
         seed: seed of the FlashSim samples, of the FullSim halves of the floors and of
             every random choice of the conditioning checks.
-        device: where the flow samples: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``
-            (CUDA if available).
+        device, spline: where the flow samples (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"``)
+            and with which engine (``fused``/``nflows``; default: the checkpoint's).
         bins: histogram bins per column.
         progress: show a progress bar while sampling.
         object: if given, the object (``"jets"``/``"muons"``) the flow must model.
@@ -466,7 +467,7 @@ def validate(
     """
     _check_arguments(split, max_rows, bins, seed, samples, pit_rows)
     out = output_dir(run, out)
-    model = load_flow(run, device, object)
+    model = load_flow(run, device, object, spline)
     store = locate_store(model, data)
     cond, full = read_rows(store, split, max_rows)
     flash = sample_targets(model, cond, seed, progress)
@@ -520,13 +521,17 @@ def _check_arguments(split, max_rows, bins, seed, samples, pit_rows) -> None:
 
 
 def load_flow(
-    run: str | os.PathLike, device: str | torch.device, object: str | None
+    run: str | os.PathLike,
+    device: str | torch.device,
+    object: str | None,
+    spline: str | None = None,
 ) -> TrainedFlow:
-    """The flow of ``run`` on ``device``, after checking it models ``object`` (if given)."""
+    """The flow of ``run`` on ``device``, after checking it models ``object`` (if given);
+    ``spline`` rebuilds it with that engine instead of the checkpoint's."""
     from flashsim.devices import resolve_device
 
     checkpoint = resolve_checkpoint(run)
-    model = TrainedFlow.load(checkpoint, device=resolve_device(device))
+    model = TrainedFlow.load(checkpoint, device=resolve_device(device), spline=spline)
     if object is not None and model.object != object:
         raise FlashSimError(
             f"{checkpoint} is a {model.object} flow, not {object}; pass the run of a {object} "
@@ -573,6 +578,7 @@ def run_record(
         "max_rows": int(max_rows),
         "seed": int(seed),
         "device": str(model.device),
+        "spline": model.config.spline,
         "metrics": METRIC_NOTES,
         "columns": [asdict(c) for c in columns],
         "summary": summary,  # the caller's dict: conditioning numbers added later show

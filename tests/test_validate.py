@@ -168,6 +168,20 @@ def test_cli_prints_the_table_and_writes_into_the_run(setup):
     assert (out / "validation.png").is_file()
 
 
+def test_cli_spline_override_samples_with_that_engine(setup, tmp_path):
+    args = ["validate", "jets", "--data", str(setup / "shards"), "--run", str(setup / "runs/jets")]
+    records = {}
+    for engine in ("fused", "nflows"):
+        out = tmp_path / engine
+        cli = [*args, "--max-rows", "300", "--spline", engine, "--out", str(out), "-q"]
+        result = CliRunner().invoke(main, cli)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        records[engine] = json.loads((out / "validation.json").read_text())
+        assert records[engine]["spline"] == engine
+    w1 = {e: [c["w1"] for c in r["columns"]] for e, r in records.items()}
+    assert w1["nflows"] == pytest.approx(w1["fused"], rel=1e-3, abs=1e-5)
+
+
 def test_cli_default_run_is_runs_object(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["validate", "muons", "-q"])

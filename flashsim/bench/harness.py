@@ -43,10 +43,14 @@ class Trainer:
 
     ``make`` returns ``(model, optimizer)`` already on the device, built the same way
     (same seed) for every loader; ``loss`` maps ``(model, x, y)`` to a scalar tensor.
+    ``make_step``, if given, maps ``(model, optimizer)`` to the whole optimiser step
+    ``step(x, y) -> loss`` (e.g. compiled or a CUDA graph, :mod:`flashsim.train.step`)
+    and replaces the plain one built from ``loss``.
     """
 
     make: Callable[[], tuple[torch.nn.Module, torch.optim.Optimizer]]
     loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    make_step: Callable | None = None
 
 
 def batch_stream(
@@ -212,13 +216,14 @@ def _time_training(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
 ) -> dict:
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def plain_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = trainer.loss(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
 
+    step = trainer.make_step(model, optimizer) if trainer.make_step else plain_step
     for _ in range(warmup):
         step(*next(stream))
     _sync(device)

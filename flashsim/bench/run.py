@@ -33,6 +33,7 @@ from flashsim.bench.machine import describe_machine
 from flashsim.bench.resources import NvmlProbe
 from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError
+from flashsim.flow_config import SPLINE_ENGINES
 from flashsim.layouts import OBJECTS, layout_for
 
 MODELS: tuple[str, ...] = ("small", "paper", "none")
@@ -80,6 +81,9 @@ class BenchConfig:
         cache_dir: where toy data and derived stores are cached.
         rows: training rows of toy data (``None``: enough for the run, at least 200 k).
         seed: seed of the data, the shuffling and the model's initial weights.
+        spline: spline engine of the flow (``fused`` or ``nflows``).
+        compile: ``torch.compile`` the training loss and backward (:mod:`flashsim.train.step`).
+        cuda_graphs: replay the whole training step from a CUDA graph (CUDA only).
         sample_interval_s: period of the RSS/CPU/GPU sampling thread.
         quick: the settings came from :meth:`quick_config` (recorded only).
     """
@@ -100,6 +104,9 @@ class BenchConfig:
     cache_dir: str = str(DEFAULT_CACHE_DIR)
     rows: int | None = None
     seed: int = 0
+    spline: str = "fused"
+    compile: bool = False
+    cuda_graphs: bool = False
     sample_interval_s: float = 0.1
     quick: bool = False
 
@@ -149,6 +156,8 @@ class BenchConfig:
             problems.append("--warmup and --workers must be >= 0")
         if self.threads is not None and self.threads < 1:
             problems.append("--threads must be >= 1")
+        if self.spline not in SPLINE_ENGINES:
+            problems.append(f"--spline must be one of {', '.join(SPLINE_ENGINES)}")
         if problems:
             raise FlashSimError("Invalid benchmark settings: " + "; ".join(problems) + ".")
 
@@ -181,18 +190,29 @@ def loader_kinds(obj: str, requested: tuple[str, ...] | None) -> list[str]:
 
 
 def make_trainer(
-    model: str, obj: str, device: torch.device, seed: int, store: Path | None = None
+    model: str,
+    obj: str,
+    device: torch.device,
+    seed: int,
+    store: Path | None = None,
+    spline: str = "fused",
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Trainer | None:
     """The real flow of preset ``model`` for ``obj`` with its Adam optimiser (``None`` for
     ``model="none"``); every call of ``make`` builds the same initial weights. A preset
     with standardised inputs takes the statistics of ``store``'s training split, as
-    ``flashsim train`` does (the spline cost per step depends on where the values fall)."""
+    ``flashsim train`` does (the spline cost per step depends on where the values fall).
+    ``spline``, ``compile`` and ``cuda_graphs`` choose the engine and the step, as
+    ``flashsim train`` does."""
     if model == "none":
         return None
     from flashsim.model import build_flow, set_standardization
     from flashsim.presets import get_preset
+    from flashsim.train.step import make_train_step
 
     preset = get_preset(model, obj)
+    preset = dataclasses.replace(preset, flow=preset.flow.replace(spline=spline))
     stats = None
     if preset.flow.standardize and store is not None:
         from pipelines.store_info import column_stats
@@ -212,7 +232,20 @@ def make_trainer(
     def loss(flow: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # an nflows Flow
         return -flow.log_prob(x, context=y).mean()
 
-    return Trainer(make=make, loss=loss)
+    def make_step(flow: Any, optimizer: torch.optim.Optimizer) -> Callable:
+        if compile:
+            torch._dynamo.reset()  # a new flow per trial: compile it afresh, not on top
+        step = make_train_step(
+            lambda x, y: -flow.log_prob(x, context=y),
+            optimizer,
+            device,
+            spline=spline,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+        )
+        return lambda x, y: step(x, y).mean()
+
+    return Trainer(make=make, loss=loss, make_step=make_step if compile or cuda_graphs else None)
 
 
 def _opener(kind: str, store: Path, cfg: BenchConfig, device: torch.device) -> Callable:
@@ -248,11 +281,23 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict:
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise FlashSimError(
+            f"--cuda-graphs replays the training step on a GPU, but the device is {device}; "
+            "drop --cuda-graphs or pass --device cuda."
+        )
     kinds = loader_kinds(cfg.object, cfg.loaders)
     modes = cfg.modes_run
     data = _bench_data(cfg, kinds, progress)
     trainer = make_trainer(
-        cfg.model, cfg.object, device, cfg.seed, next(iter(data.stores.values()))
+        cfg.model,
+        cfg.object,
+        device,
+        cfg.seed,
+        next(iter(data.stores.values())),
+        spline=cfg.spline,
+        compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs,
     )
     machine = describe_machine(device, data.stores)
     notes = list(data.notes)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from flashsim.cli.options import count_option, device_option, progress_option, seed_option
+from flashsim.cli.options import (
+    count_option,
+    device_option,
+    progress_option,
+    seed_option,
+    spline_option,
+)
 from flashsim.layouts import OBJECTS
 from flashsim.presets import PRESETS
 
@@ -86,6 +92,20 @@ def _split_list(
     "run, at least 200000]",
 )
 @seed_option()
+@spline_option("Spline engine of the trained flow.  [default: fused]")
+@click.option(
+    "--compile/--no-compile",
+    "compile",
+    default=False,
+    show_default=True,
+    help="torch.compile the training loss and backward (as train --compile).",
+)
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=False,
+    show_default=True,
+    help="Replay each training step from a CUDA graph (as train --cuda-graphs).",
+)
 @click.option(
     "--out-dir",
     type=click.Path(path_type=Path),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flashsim.cli.options import branch_map_options, branch_mapping, device_option
+from flashsim.cli.options import branch_map_options, branch_mapping, device_option, spline_option
 
 DEFAULT_RUNS = {"jets": Path("runs/jets"), "muons": Path("runs/muons")}
 """Where ``flashsim train jets|muons`` writes by default: generate's default models."""
@@ -52,6 +52,7 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     "--seed", type=int, default=0, help="Same inputs, models, seed and --step-events: same output."
 )
 @device_option
+@spline_option("Sample with this spline engine instead of each checkpoint's own.")
 @click.option(
     "--step-events",
     type=click.IntRange(min=1),
@@ -73,6 +74,7 @@ def generate(
     muons,
     seed,
     device,
+    spline,
     step_events,
     branch_map,
     branch_options,
@@ -105,6 +107,7 @@ def generate(
         muons=muons,
         seed=seed,
         device=device,
+        spline=spline,
         step_events=step_events,
         branch_map=branch_mapping(branch_map, branch_options),
         compression=compression,

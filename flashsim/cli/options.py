@@ -9,6 +9,7 @@ import click
 
 from flashsim.devices import DEVICE_METAVAR, parse_device
 from flashsim.errors import FlashSimError
+from flashsim.flow_config import SPLINE_ENGINES
 from flashsim.store import DEFAULT_DATA_DIR
 
 
@@ -96,6 +97,22 @@ def device_option(command: Callable | None = None, *, help: str = DEVICE_HELP) -
         )(command)
 
     return decorate if command is None else decorate(command)
+
+
+def spline_option(help_text: str) -> Callable[[Callable], Callable]:
+    """``--spline fused|nflows`` (default: unset, i.e. the command's own default), with
+    the command's own ``help_text`` before the common explanation."""
+
+    def decorate(command: Callable) -> Callable:
+        return click.option(
+            "--spline",
+            type=click.Choice(SPLINE_ENGINES),
+            default=None,
+            help=f"{help_text} fused: flashsim's sync-free kernel; nflows: the library's "
+            "own (same mathematics, same weights).",
+        )(command)
+
+    return decorate
 
 
 def branch_map_options(command: Callable) -> Callable:

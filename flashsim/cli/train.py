@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from flashsim.cli.options import count_option, data_option, device_option, progress_option
+from flashsim.cli.options import (
+    count_option,
+    data_option,
+    device_option,
+    progress_option,
+    spline_option,
+)
 from flashsim.flow_config import ACTIVATIONS
 from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
@@ -47,6 +53,9 @@ from flashsim.train.config import TrainConfig
     help="Standardise targets and conditioning with the training split's mean/std inside the "
     "flow (not in the original model).  [default: on for small, off for paper]",
 )
+@spline_option(
+    "Spline engine of the coupling transforms.  [default: fused; on --resume the checkpoint's]"
+)
 @click.option(
     "--loader",
     type=LOADER_KINDS.click_choice(),
@@ -81,7 +90,14 @@ from flashsim.train.config import TrainConfig
     "compile_",
     default=False,
     show_default=True,
-    help="torch.compile the model (unmeasured).",
+    help="torch.compile the loss and its backward (fullgraph with --spline fused).",
+)
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=False,
+    show_default=True,
+    help="Capture the whole step (forward, backward, Adam) in a CUDA graph and replay it "
+    "(CUDA, --spline fused, one process).",
 )
 @click.option(
     "--deterministic/--no-deterministic",
@@ -133,6 +149,7 @@ def train(obj: str, **opts) -> None:
         "activation": opts.pop("activation"),
         "batch_norm": opts.pop("batch_norm"),
         "standardize": opts.pop("standardize"),
+        "spline": opts.pop("spline"),
     }
     config = TrainConfig(
         object=obj,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flashsim.cli.options import data_option, device_option, positive
+from flashsim.cli.options import data_option, device_option, positive, spline_option
 from flashsim.layouts import OBJECTS
 from flashsim.store import SPLITS
 
@@ -44,6 +44,7 @@ from flashsim.store import SPLITS
     help="Seed of the samples and of the FullSim halves.",
 )
 @device_option
+@spline_option("Sample with this spline engine instead of the checkpoint's own.")
 @click.option(
     "--bins", type=int, default=50, show_default=True, callback=positive, help="Histogram bins."
 )

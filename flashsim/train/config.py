@@ -26,7 +26,7 @@ class TrainConfig:
         preset: one of :data:`flashsim.presets.PRESETS` (``"small"``, ``"paper"``).
         epochs, batch_size, lr, seed: override the preset (batch size is per process).
         flow: overrides of :class:`~flashsim.model.FlowConfig` fields, e.g.
-            ``{"hidden_features": 128, "num_bins": 32}``.
+            ``{"hidden_features": 128, "num_bins": 32, "spline": "nflows"}``.
         loader: loader kind passed to :func:`loaders.open` (:data:`flashsim.store.LOADER_KINDS`).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
             (:func:`flashsim.devices.parse_device`).
@@ -36,8 +36,13 @@ class TrainConfig:
         stop_after_epochs: stop (resumably) after this many epochs in this invocation,
             e.g. to fit a batch-system time limit.
         nproc: launch this many local processes (DDP); 1 = this process only.
-        tf32, compile: CUDA speed options (off unless measured); ``deterministic``:
-            ``torch.use_deterministic_algorithms`` (default: on for CPU, off on CUDA).
+        tf32: TF32 matmuls on CUDA (off unless measured).
+        compile: ``torch.compile`` the loss and its backward (``fullgraph=True`` with the
+            fused spline engine; see :mod:`flashsim.train.step`).
+        cuda_graphs: capture the whole training step (forward, backward, Adam) in a CUDA
+            graph and replay it per batch (CUDA, fused spline engine, one process).
+        deterministic: ``torch.use_deterministic_algorithms`` (default: on for CPU, off
+            on CUDA).
         num_workers: loader worker processes.
         threads: torch intra-op CPU threads for this run (default: torch's choice; under
             ``nproc`` the cores are shared out). Small flows on a busy CPU often run
@@ -68,6 +73,7 @@ class TrainConfig:
     nproc: int = 1
     tf32: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
     deterministic: bool | None = None
     num_workers: int = 0
     threads: int | None = None

@@ -22,6 +22,7 @@ from flashsim.train import distributed
 from flashsim.train.checkpointing import EpochProgress, RunProgress
 from flashsim.train.config import TrainConfig
 from flashsim.train.interrupt import StopRequest
+from flashsim.train.step import TrainStep
 
 if TYPE_CHECKING:
     from loaders.base import BaseLoader
@@ -52,12 +53,14 @@ class NegLogLikelihood(nn.Module):
 @dataclass
 class Trainable:
     """What the optimiser works on: the flow, the module trained (the flow's negative
-    log-likelihood, DDP-wrapped and compiled as asked), Adam and its cosine schedule."""
+    log-likelihood, DDP-wrapped as asked), Adam, its cosine schedule, and the optimiser
+    step on a batch (eager, compiled or a CUDA graph: :func:`flashsim.train.step.make_train_step`)."""
 
     flow: Flow
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: TrainStep
 
     @property
     def lr(self) -> float:
@@ -256,11 +259,7 @@ class EpochLoop:
         clock: _ComputeClock,
     ) -> None:
         clock.start()
-        optimizer = self.parts.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        nll = self.parts.model(x, y)
-        nll.mean().backward()
-        optimizer.step()
+        nll = self.parts.step(x, y)  # zero_grad, loss, backward, optimiser step
         acc.compute_s += clock.stop()
         loss_acc += nll.detach().sum(dtype=torch.float64)
         acc.steps += 1

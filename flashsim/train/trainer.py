@@ -30,7 +30,6 @@ import random
 import shlex
 import time
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -63,6 +62,7 @@ from flashsim.train.setup import (
     resolve_hparams,
     standardize_from_store,
 )
+from flashsim.train.step import make_train_step
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -132,7 +132,17 @@ class _Run:
             optimizer.load_state_dict(saved.optimizer)
             scheduler.load_state_dict(saved.scheduler)
             self.progress = RunProgress.restored(saved, self.ctx)
-        return Trainable(flow, self._wrap(flow), optimizer, scheduler)
+        model = self._wrap(flow)
+        step = make_train_step(
+            model,
+            optimizer,
+            self.device,
+            spline=self.flow_config.spline,
+            compile=self.config.compile,
+            cuda_graphs=self.config.cuda_graphs,
+            distributed=self.ctx.distributed,
+        )
+        return Trainable(flow, model, optimizer, scheduler, step)
 
     def _wrap(self, flow: nn.Module) -> nn.Module:
         model: nn.Module = NegLogLikelihood(flow)
@@ -146,8 +156,6 @@ class _Run:
             model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if self.config.compile:
-            model = cast(nn.Module, torch.compile(model))
         return model
 
     # -- checkpoints ---------------------------------------------------------------
@@ -280,13 +288,14 @@ class _Run:
             f"preset {hp.preset}: {fc.num_flow_steps} flow steps, {fc.num_blocks} blocks x "
             f"{fc.hidden_features} hidden, {fc.num_bins} bins, tail bound {fc.tail_bound}, "
             f"{fc.activation}, batch norm {'on' if fc.batch_norm else 'off'}, dropout {fc.dropout}, "
-            f"standardized inputs {'on' if fc.standardize else 'off'}; "
+            f"standardized inputs {'on' if fc.standardize else 'off'}, spline engine {fc.spline}; "
             f"{count_parameters(self.parts.flow):,} parameters",
             f"Adam lr {hp.lr:g}, cosine annealing over {hp.epochs} epochs, batch "
             f"{hp.batch_size} per process x {self.ctx.world_size} process(es), seed {hp.seed}",
             f"device {self.device}, {torch.get_num_threads()} CPU thread(s); tf32 {'on' if cfg.tf32 else 'off'}, compile "
             f"{'on' if cfg.compile else 'off'}, deterministic "
             f"{'on' if torch.are_deterministic_algorithms_enabled() else 'off'}"
+            + (", CUDA graphs on" if cfg.cuda_graphs else "")
             + (f", DDP over {self.ctx.world_size} ranks" if self.ctx.distributed else ""),
         ]
         mid = self.progress.epoch
