@@ -98,7 +98,8 @@ class CudaGraphStep:
         graph = torch.cuda.CUDAGraph()
         # fresh gradient buffers allocated inside the graph: replays overwrite them
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
+        # thread_local: a loader's prefetch thread may use CUDA while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             nll = self.loss_fn(static_x, static_y)
             nll.mean().backward()
             self.optimizer.step()
