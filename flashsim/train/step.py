@@ -123,15 +123,17 @@ class CudaGraphStep:
             return nll
         if self._graph is None:
             self._capture(x, y)  # records, does not run: replayed below on this batch
+        graph = self._graph
+        assert graph is not None
         static_x, static_y, static_nll = self._static
         static_x.copy_(x, non_blocking=True)
         static_y.copy_(y, non_blocking=True)
-        self._graph.replay()
+        graph.replay()
         return static_nll
 
 
 def make_train_step(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     *,
@@ -143,7 +145,8 @@ def make_train_step(
     """The training step for ``model`` (``model(x, y)`` -> per-row NLL ``(B,)``).
 
     Args:
-        model: the loss module (e.g. the trainer's ``NegLogLikelihood``, maybe DDP-wrapped).
+        model: the loss, a module (the trainer's ``NegLogLikelihood``, maybe DDP-wrapped)
+            or a function ``(x, y) -> nll``.
         optimizer: its optimiser (Adam for ``cuda_graphs``).
         device: where the model runs.
         spline: the flow's spline engine (``FlowConfig.spline``).
