@@ -45,10 +45,12 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform
 from nflows.transforms.splines import rational_quadratic as nflows_rq
+from torch import nn
 from torch.nn import functional as F
 
 DEFAULT_MIN_BIN_WIDTH: float = nflows_rq.DEFAULT_MIN_BIN_WIDTH
@@ -199,7 +201,13 @@ class FusedRQCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
     gathers, so nothing depends on the data.
     """
 
-    def __init__(self, mask, transform_net_create_fn, *args, **kwargs) -> None:
+    def __init__(
+        self,
+        mask: torch.Tensor | Sequence[int],
+        transform_net_create_fn: Callable[[int, int], nn.Module],
+        *args,
+        **kwargs,
+    ) -> None:
         super().__init__(mask, transform_net_create_fn, *args, **kwargs)
         if self.tails != "linear" or self.unconditional_transform is not None:
             raise ValueError(
@@ -239,7 +247,9 @@ class FusedRQCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
         )
         return outputs, logabsdet.sum(dim=-1)
 
-    def _couple(self, inputs: torch.Tensor, context, inverse: bool):
+    def _couple(
+        self, inputs: torch.Tensor, context: torch.Tensor | None, inverse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs.dim() != 2 or inputs.shape[1] != self.features:
             raise ValueError(f"Expected inputs of shape (B, {self.features}), got {inputs.shape}.")
         identity = inputs.index_select(1, self.identity_features)
@@ -249,14 +259,22 @@ class FusedRQCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
         outputs = torch.cat([identity, transformed], dim=1).index_select(1, self._merge_index)
         return outputs, logabsdet
 
-    def forward(self, inputs: torch.Tensor, context=None):
+    def forward(
+        self, inputs: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._couple(inputs, context, inverse=False)
 
-    def inverse(self, inputs: torch.Tensor, context=None):
+    def inverse(
+        self, inputs: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._couple(inputs, context, inverse=True)
 
-    def _coupling_transform_forward(self, inputs, transform_params):
+    def _coupling_transform_forward(
+        self, inputs: torch.Tensor, transform_params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._spline(inputs, transform_params, inverse=False)
 
-    def _coupling_transform_inverse(self, inputs, transform_params):
+    def _coupling_transform_inverse(
+        self, inputs: torch.Tensor, transform_params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._spline(inputs, transform_params, inverse=True)

@@ -42,6 +42,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ from flashsim.layouts import DTYPE
 from flashsim.outputs import atomic_output, strict_json
 from flashsim.sampling import TrainedFlow, resolve_checkpoint
 from flashsim.store import DEFAULT_DATA_DIR, SPLITS, detect_format, find_store, read_metadata
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 JSON_NAME = "validation.json"
 PNG_NAME = "validation.png"
@@ -339,7 +343,7 @@ def plot_histograms(
     metrics: list[ColumnMetrics],
     bins: int,
     title: str,
-):
+) -> Figure:
     """A grid of per-column histograms (physical units): FullSim filled, FlashSim as a
     line, bins from the FullSim 0.5-99.5 % quantiles. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
@@ -509,7 +513,9 @@ def output_dir(run: str | os.PathLike, out: str | os.PathLike | None) -> Path:
     return out
 
 
-def _check_arguments(split, max_rows, bins, seed, samples, pit_rows) -> None:
+def _check_arguments(
+    split: str, max_rows: int, bins: int, seed: int, samples: int, pit_rows: int
+) -> None:
     if split not in SPLITS:
         raise FlashSimError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
     if int(max_rows) < 2 or int(bins) < 1 or int(seed) < 0:

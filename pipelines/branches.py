@@ -341,7 +341,10 @@ class MissingBranches(InputError):
         self.profile = profile
         super().__init__(format_missing([self]))
 
-    def __reduce__(self):  # picklable across processes despite the custom __init__
+    def __reduce__(
+        self,
+    ) -> tuple[type[MissingBranches], tuple[str, list[str], dict[str, str], str]]:
+        # picklable across processes despite the custom __init__
         return (MissingBranches, (self.path, self.missing, self.strict_blocked, self.profile))
 
 

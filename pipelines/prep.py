@@ -29,11 +29,12 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -60,6 +61,7 @@ from flashsim.transforms import (
     NegativeTo,
     Preprocessing,
     SmearSpike,
+    Step,
     muon_preprocessing,
 )
 from pipelines.branches import (
@@ -79,8 +81,17 @@ from pipelines.nanoaod import inspect_nanoaod
 from pipelines.profiles import profile_named
 from pipelines.split import ValSplit, check_val_options, val_row_count
 from pipelines.spool import die_with_parent, make_spool, remove_spool
-from pipelines.tasks import DEFAULT_STEP_EVENTS, DropCount, Task, TaskResult, run_task
-from pipelines.writers import open_writer
+from pipelines.tasks import DEFAULT_STEP_EVENTS, Block, DropCount, Task, TaskResult, run_task
+from pipelines.writers import StoreWriter, open_writer
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+OnDone = Callable[[TaskResult], None]
+"""Called with each finished task's result."""
+OnEvents = Callable[[int], object]
+"""Called with the number of events (or rows) just read: progress (a tqdm bar's update;
+what it returns is not used)."""
 
 log = logging.getLogger("flashsim.prep")
 
@@ -213,7 +224,7 @@ class _Input:
 def _inspect_root(
     files: Sequence[InputFile],
     objects: tuple[str, ...],
-    gen_muons: str,
+    gen_muons: GenMuons,
     branch_map: Mapping[str, str | float],
     strict: bool,
 ) -> list[_Input]:
@@ -269,13 +280,14 @@ def _substitutions(inputs: Sequence[_Input]) -> list[dict]:
 
 def _constant_targets(substitutions: Iterable[dict]) -> set[str]:
     """Target columns filled with an integral constant in at least one input."""
-    return {
+    columns = (
         column_of(s["branch"])
         for s in substitutions
         if s["constant"] is not None
         and is_target(s["branch"])
         and float(s["constant"]).is_integer()
-    }
+    )
+    return {c for c in columns if c is not None}  # a target branch always has a column
 
 
 def preprocessing_for(
@@ -293,7 +305,7 @@ def preprocessing_for(
     base = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(sum_eoot)
     own = dict(base.steps)
     wanted = set(constant_targets)
-    extra = []
+    extra: list[tuple[str, Step]] = []
     for col in base.layout.target_columns:
         if col not in wanted:
             continue
@@ -308,7 +320,7 @@ def preprocessing_for(
 
 def _hdf5_preprocessing(obj: str, inputs: Sequence[_Input]) -> tuple[Preprocessing, str]:
     for inp in inputs:
-        meta = inp.hdf5.metadata
+        meta = inp.hdf5.metadata if inp.hdf5 is not None else None  # set on HDF5 inputs
         if inp.objects == (obj,) and meta and meta.get("preprocessing") is not None:
             return Preprocessing.from_dict(
                 obj, meta["preprocessing"]
@@ -330,7 +342,7 @@ def _tasks(
     step_events: int,
     spool: Path,
     seed: int,
-    gen_muons: str,
+    gen_muons: GenMuons,
     preprocessing: Mapping[str, Preprocessing],
     workers: int,
 ) -> list[Task]:
@@ -363,12 +375,14 @@ def _tasks(
     return tasks
 
 
-def _run_serial(tasks, on_done, on_events) -> None:
+def _run_serial(tasks: Sequence[Task], on_done: OnDone, on_events: OnEvents) -> None:
     for task in tasks:
         on_done(run_task(task, on_step=on_events))
 
 
-def _run_processes(tasks, workers, on_done, on_events) -> None:
+def _run_processes(
+    tasks: Sequence[Task], workers: int, on_done: OnDone, on_events: OnEvents
+) -> None:
     # spawn: a fresh interpreter per worker; forking a parent that may hold threads
     # (tqdm, zarr's event loop) is not safe.
     context = multiprocessing.get_context("spawn")
@@ -388,7 +402,9 @@ def _run_processes(tasks, workers, on_done, on_events) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_dask(tasks, address: str, workers: int, on_done, on_events) -> None:
+def _run_dask(
+    tasks: Sequence[Task], address: str, workers: int, on_done: OnDone, on_events: OnEvents
+) -> None:
     try:
         from distributed import Client, LocalCluster
         from distributed import as_completed as dask_completed
@@ -426,7 +442,9 @@ def _run_dask(tasks, address: str, workers: int, on_done, on_events) -> None:
             raise
 
 
-def _execute(tasks, workers: int, dask_scheduler: str | None, on_events) -> list[TaskResult]:
+def _execute(
+    tasks: Sequence[Task], workers: int, dask_scheduler: str | None, on_events: OnEvents
+) -> list[TaskResult]:
     """Run ``tasks`` serially, in processes or on Dask; results in input order."""
     results: dict[tuple[int, int], TaskResult] = {}
 
@@ -445,7 +463,7 @@ def _execute(tasks, workers: int, dask_scheduler: str | None, on_events) -> list
 def _collect(
     obj: str,
     results: Sequence[TaskResult],
-    blocks: Sequence,
+    blocks: Sequence[Block],
     seed: int,
     val_rows: int | None,
     val_fraction: float | None,
@@ -484,15 +502,15 @@ def _check_targets(targets: Mapping[tuple[str, str], Path], overwrite: bool) -> 
 def _write_stores(
     targets: Mapping[tuple[str, str], Path],
     staging: Path,
-    blocks: Mapping[str, list],
+    blocks: Mapping[str, list[Block]],
     splits: Mapping[str, ValSplit],
     metadata: Mapping[str, dict],
     chunk_rows: int | None,
-    bar,
+    bar: tqdm,
 ) -> None:
     """Stream every object's blocks into all its staged stores (one pass per object)."""
     with contextlib.ExitStack() as stack:
-        writers: dict[str, list] = {obj: [] for obj in blocks}
+        writers: dict[str, list[StoreWriter]] = {obj: [] for obj in blocks}
         for (obj, fmt), final in targets.items():
             writer = stack.enter_context(
                 open_writer(staging / final.name, fmt, layout_for(obj).n_columns, chunk_rows)
@@ -524,7 +542,15 @@ def _publish(targets: Mapping[tuple[str, str], Path], staging: Path, overwrite: 
 # ---------------------------------------------------------------------------
 
 
-def _check_options(objects, formats, gen_muons, sum_eoot, workers, chunk_rows, step_events):
+def _check_options(
+    objects: tuple[str, ...] | None,
+    formats: tuple[str, ...],
+    gen_muons: str,
+    sum_eoot: str,
+    workers: int,
+    chunk_rows: int | None,
+    step_events: int,
+) -> None:
     bad = [o for o in objects or () if o not in OBJECTS]
     if bad:
         raise FlashSimError(
@@ -633,14 +659,18 @@ def prep(
 # ---------------------------------------------------------------------------
 
 
-def _as_sequences(inputs, objects, formats) -> tuple[list, tuple[str, ...] | None, tuple]:
+def _as_sequences(
+    inputs: Iterable[str | os.PathLike] | str | os.PathLike,
+    objects: Sequence[str] | str | None,
+    formats: Sequence[StoreFormat] | StoreFormat,
+) -> tuple[Iterable[str | os.PathLike], tuple[str, ...] | None, tuple[StoreFormat, ...]]:
     """One path or many; one object or many (None: the default); formats deduplicated."""
-    if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of characters
-        inputs = [inputs]
-    objects = (objects,) if isinstance(objects, str) else objects
-    objects = tuple(objects) if objects else None
-    formats = (formats,) if isinstance(formats, str) else formats
-    return inputs, objects, tuple(dict.fromkeys(formats))
+    # one path, not an iterable of characters
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    names = (objects,) if isinstance(objects, str) else objects
+    # a single format is a Literal string: the isinstance check narrows it as a str
+    fmts: Sequence[StoreFormat] = (formats,) if isinstance(formats, str) else formats
+    return paths, tuple(names) if names else None, tuple(dict.fromkeys(fmts))
 
 
 @dataclass
@@ -660,18 +690,29 @@ class _Plan:
         return "nanoaod" if self.kind == "root" else "hdf5"
 
 
-def _plan(inputs, out, objects, formats, gen_muons, sum_eoot, user_map, strict) -> _Plan:
+def _plan(
+    inputs: Iterable[str | os.PathLike],
+    out: Path,
+    objects: tuple[str, ...] | None,
+    formats: tuple[StoreFormat, ...],
+    gen_muons: GenMuons,
+    sum_eoot: SumEOOT,
+    user_map: dict[str, str | float],
+    strict: bool,
+) -> _Plan:
     """Expand and inspect the inputs, resolve their branches and name the target stores."""
     files = expand_inputs(inputs)
     kind = single_kind(files)
     if kind == "root":
-        objects = objects or OBJECTS
-        inputs_ = _inspect_root(files, objects, gen_muons, user_map, strict)
+        chosen = objects or OBJECTS
+        inputs_ = _inspect_root(files, chosen, gen_muons, user_map, strict)
     else:
         inputs_ = _inspect_hdf5(files, objects)
-        objects = tuple(o for o in OBJECTS if any(inp.objects == (o,) for inp in inputs_))
-    targets = {(o, f): store_path(out, o, f) for o in objects for f in formats}
-    return _Plan(kind, inputs_, objects, targets, _substitutions(inputs_))
+        chosen = tuple(o for o in OBJECTS if any(inp.objects == (o,) for inp in inputs_))
+    targets: dict[tuple[str, str], Path] = {
+        (o, f): store_path(out, o, f) for o in chosen for f in formats
+    }
+    return _Plan(kind, inputs_, chosen, targets, _substitutions(inputs_))
 
 
 def _file_names(files: Sequence[str]) -> str:
@@ -692,15 +733,17 @@ def _warn_substitutions(substitutions: Iterable[dict]) -> None:
             len(files), _file_names(sorted(files)), profile_named(name).title,
         )  # fmt: skip
     for sub in substitutions:
-        files = _file_names(sub["files"])
+        names = _file_names(sub["files"])
         if sub["origin"] == "builtin":
             template = "%s is not in %d input file(s) (%s); using %s."
         else:
             template = "%s in %d input file(s) (%s): using %s, as mapped."
-        log.warning(template, sub["branch"], len(sub["files"]), files, sub["substitute"])
+        log.warning(template, sub["branch"], len(sub["files"]), names, sub["substitute"])
 
 
-def _preprocessings(plan: _Plan, sum_eoot: str) -> tuple[dict, dict]:
+def _preprocessings(
+    plan: _Plan, sum_eoot: SumEOOT
+) -> tuple[dict[str, Preprocessing], dict[str, str]]:
     """Each object's preprocessing and where it comes from (flashsim's, or HDF5 metadata)."""
     if plan.kind == "root":
         constants = _constant_targets(plan.substitutions)
@@ -732,7 +775,13 @@ def _spool(out: Path) -> Iterator[Path]:
     remove_spool(spool)
 
 
-def _read(plan: _Plan, tasks, workers, dask_scheduler, progress) -> tuple[list[TaskResult], float]:
+def _read(
+    plan: _Plan,
+    tasks: Sequence[Task],
+    workers: int,
+    dask_scheduler: str | None,
+    progress: bool,
+) -> tuple[list[TaskResult], float]:
     """Run every task (with a progress bar of events or rows); results and seconds."""
     from tqdm.auto import tqdm
 
@@ -748,7 +797,15 @@ def _read(plan: _Plan, tasks, workers, dask_scheduler, progress) -> tuple[list[T
     return results, time.perf_counter() - t_read
 
 
-def _metadata(plan, obj, summary, inputs_meta, options, seed, gen_muons) -> dict:
+def _metadata(
+    plan: _Plan,
+    obj: str,
+    summary: ObjectSummary,
+    inputs_meta: Sequence[dict],
+    options: dict,
+    seed: int,
+    gen_muons: GenMuons,
+) -> dict:
     """The metadata of ``obj``'s stores (see :func:`flashsim.store.read_metadata`)."""
     needed = set(required_branches(obj, gen_muons))
     return {
@@ -773,7 +830,16 @@ def _metadata(plan, obj, summary, inputs_meta, options, seed, gen_muons) -> dict
     }
 
 
-def _write(targets, spool, blocks, splits, metadata, chunk_rows, progress, overwrite) -> None:
+def _write(
+    targets: Mapping[tuple[str, str], Path],
+    spool: Path,
+    blocks: Mapping[str, list[Block]],
+    splits: Mapping[str, ValSplit],
+    metadata: Mapping[str, dict],
+    chunk_rows: int | None,
+    progress: bool,
+    overwrite: bool,
+) -> None:
     """Stage every store in ``spool``, then move them all to their final names."""
     from tqdm.auto import tqdm
 
@@ -790,10 +856,19 @@ def _write(targets, spool, blocks, splits, metadata, chunk_rows, progress, overw
     _publish(targets, staging, overwrite)
 
 
-def _split(plan: _Plan, results, inputs_meta, options, val_options) -> tuple[dict, ...]:
+def _split(
+    plan: _Plan,
+    results: Sequence[TaskResult],
+    inputs_meta: Sequence[dict],
+    options: dict,
+    val_options: tuple[int, int | None, float | None],
+) -> tuple[dict[str, ObjectSummary], dict[str, list[Block]], dict[str, ValSplit], dict[str, dict]]:
     """Per object: its summary, row blocks, seeded train/val split and store metadata."""
     seed, val_rows, val_fraction = val_options
-    summaries, blocks, splits, metadata = {}, {}, {}, {}
+    summaries: dict[str, ObjectSummary] = {}
+    blocks: dict[str, list[Block]] = {}
+    splits: dict[str, ValSplit] = {}
+    metadata: dict[str, dict] = {}
     for obj in plan.objects:
         blocks[obj] = [b for r in results for b in r.blocks.get(obj, [])]
         summaries[obj], splits[obj], rule = _collect(
@@ -806,7 +881,13 @@ def _split(plan: _Plan, results, inputs_meta, options, val_options) -> tuple[dic
     return summaries, blocks, splits, metadata
 
 
-def _recorded_options(gen_muons, sum_eoot, strict, user_map, step_events) -> dict:
+def _recorded_options(
+    gen_muons: GenMuons,
+    sum_eoot: SumEOOT,
+    strict: bool,
+    user_map: dict[str, str | float],
+    step_events: int,
+) -> dict:
     """The options a store's metadata records (with the conventions they imply)."""
     return {
         "gen_muons": gen_muons,

@@ -75,7 +75,7 @@ def column_stats(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> C
     return ColumnStats(rows, lo, mean, hi, np.sqrt(m2 / rows))
 
 
-def _count(n) -> str:
+def _count(n: object) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
 
 

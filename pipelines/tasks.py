@@ -148,7 +148,7 @@ def _record(result: TaskResult, obj: str, reason: str, counts: DropCount) -> Non
         result.dropped[obj].setdefault(reason, DropCount()).add(counts)
 
 
-def run_task(task: Task, on_step: Callable[[int], None] | None = None) -> TaskResult:
+def run_task(task: Task, on_step: Callable[[int], object] | None = None) -> TaskResult:
     """Process one task; ``on_step(n_events)`` is called after each step (progress)."""
     result = _empty_result(task)
     if task.hash_input:

@@ -21,7 +21,13 @@ class DeviceParam(click.ParamType):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return DEVICE_METAVAR
 
-    def convert(self, value, param, ctx) -> str:
+    def convert(
+        # Any as in click.ParamType.convert: a command-line string or a Python default
+        self,
+        value: Any,
+        param: click.Parameter | None,
+        ctx: click.Context | None,
+    ) -> str:
         try:
             return parse_device(value)
         except FlashSimError as err:

@@ -178,7 +178,9 @@ def auc(signal: np.ndarray, background: np.ndarray) -> float:
     return float((ranks[:ns].sum() - ns * (ns + 1) / 2) / (ns * nb))
 
 
-def roc_curve(signal: np.ndarray, background: np.ndarray, points: int = ROC_POINTS):
+def roc_curve(
+    signal: np.ndarray, background: np.ndarray, points: int = ROC_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
     """``(signal efficiency, background efficiency)`` of the cuts ``score > t``, ``t``
     at quantiles of the signal scores (so the points spread along the signal axis)."""
     s, b = np.sort(signal[np.isfinite(signal)]), np.sort(background[np.isfinite(background)])

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,13 +23,17 @@ from flashsim.conditioning.correlations import CorrelationResult
 from flashsim.conditioning.physics import MIN_BIN_ROWS, STATS, Profile, RocCheck
 from flashsim.conditioning.pit import PitResult
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 COLOURS = ("#5790fc", "#f89c20", "#e42536", "#964a8b", "#9c9ca1", "#7a21dd")
 """The CMS colour cycle (6 colours, colour-blind safe)."""
 DPI = 80
 
 
 @contextmanager
-def cms_style(font_size: float = 10.0):
+def cms_style(font_size: float = 10.0) -> Iterator[None]:
     """mplhep's CMS style, scaled down for grids of small panels."""
     import matplotlib
     import mplhep  # the style only
@@ -56,7 +62,7 @@ def _figure(nrows: int, ncols: int, width: float, height: float, **grid):
     return fig, axes
 
 
-def _label(fig) -> None:
+def _label(fig: Figure) -> None:
     """The experiment label of the CMS style at the figure's top left: bold "FlashSim",
     italic "Simulation". (Drawn by hand: mplhep's label renders the whole figure to
     place itself, which would double the drawing time.)"""
@@ -72,7 +78,7 @@ def short(name: str) -> str:
     return name[1:] if name.startswith("M") and name[1:2].isupper() else name
 
 
-def plot_profiles(profs: list[Profile], title: str):
+def plot_profiles(profs: list[Profile], title: str) -> Figure:
     """Response profiles; rows: targets; columns: mean/RMS versus gen pT, gen eta."""
     targets = list(dict.fromkeys(p.target for p in profs))
     panels = [(v, s) for v in ("pt", "eta") for s in STATS]
@@ -106,7 +112,7 @@ def plot_profiles(profs: list[Profile], title: str):
     return fig
 
 
-def _profile_panel(ax, p: Profile, stat: str) -> None:
+def _profile_panel(ax: Axes, p: Profile, stat: str) -> None:
     centres = 0.5 * (p.edges[1:] + p.edges[:-1])
     if p.versus == "pt":
         from matplotlib.ticker import NullFormatter
@@ -145,7 +151,7 @@ def _profile_panel(ax, p: Profile, stat: str) -> None:
     ax.legend(loc="best", frameon=False, fontsize=7)
 
 
-def plot_rocs(rocs: list[RocCheck], title: str):
+def plot_rocs(rocs: list[RocCheck], title: str) -> Figure:
     """ROC curves per signal/background pair."""
     pairs = list(dict.fromkeys((r.signal, r.background) for r in rocs))
     with cms_style(11):
@@ -179,7 +185,7 @@ def plot_rocs(rocs: list[RocCheck], title: str):
     return fig
 
 
-def plot_correlations(corr: CorrelationResult, title: str):
+def plot_correlations(corr: CorrelationResult, title: str) -> Figure:
     """FullSim ρ, FlashSim ρ and Δρ (targets × [targets | conditioning])."""
     n_rows, n_cols = corr.fullsim.shape
     cell = 0.26
@@ -217,7 +223,7 @@ def plot_correlations(corr: CorrelationResult, title: str):
     return fig
 
 
-def plot_pit(pit: PitResult, title: str):
+def plot_pit(pit: PitResult, title: str) -> Figure:
     """Rank histograms over the uniform expectation, per target."""
     ncols = 5
     nrows = -(-len(pit.columns) // ncols)

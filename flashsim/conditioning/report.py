@@ -229,9 +229,9 @@ def _mean_of_finite(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
-def _finite(*values) -> bool:
+def _finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def _num(v) -> str:
+def _num(v: float | None) -> str:
     return f"{v:.4g}" if _finite(v) else "-"
