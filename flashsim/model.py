@@ -107,6 +107,9 @@ def _coupling_transform(step: int, config: FlowConfig) -> transforms.Transform:
 class ContextStandardization(torch.nn.Module):
     """``(y - mean) / std`` per conditioning column; ``mean`` and ``std`` are buffers."""
 
+    mean: torch.Tensor  # (features,), registered as buffers: typed for the checker
+    std: torch.Tensor
+
     def __init__(self, features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))

@@ -389,7 +389,7 @@ def format_missing(errors: list[MissingBranches]) -> str:
 
 def _through(sub: Source, user: Mapping[str, str | float]) -> Source:
     """A built-in substitute whose inputs the user renamed (e.g. DeepCvB -> DeepFlavCvB)."""
-    reads = tuple(user[r] if isinstance(user.get(r), str) else r for r in sub.reads)
+    reads = tuple(m if isinstance(m := user.get(r), str) else r for r in sub.reads)
     if reads == sub.reads:
         return sub
     return replace(sub, reads=reads, description=f"{sub.description}; reading {', '.join(reads)}")

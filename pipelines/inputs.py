@@ -97,7 +97,8 @@ def _read_list(list_file: Path) -> list[str]:
     return out
 
 
-def _expand_one(arg: str) -> list[Path | str]:
+def _expand_one(arg: str) -> Sequence[Path | str]:
+    """Local files as Paths; a remote URL stays a string (a Path would fold its ``//``)."""
     if is_remote(arg):
         check_url(arg)
         return [arg]
@@ -141,11 +142,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputFile]:
     files: list[InputFile] = []
     for arg in args:
         for path in _expand_one(arg):
-            key = path if is_remote(path) else Path(path).resolve()
-            if key in seen:
+            if isinstance(path, str):  # a remote URL (local files are Paths)
+                if path not in seen:
+                    seen.add(path)
+                    files.append(_remote_input(path))
                 continue
-            seen.add(key)
-            files.append(_remote_input(path) if is_remote(path) else InputFile(key, classify(key)))
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(InputFile(key, classify(key)))
     return files
 
 

@@ -96,8 +96,8 @@ def describe_store(path: str | os.PathLike, stats: bool = True) -> str:
         f"  source: {meta.get('source_format')}; seed {meta.get('seed')}; "
         f"flashsim {meta.get('tool_version')}; created {meta.get('created')}",
     ]
-    records = [chunk_record(meta, s) for s in SPLITS]
-    if all(r is not None for r in records):
+    records = [r for s in SPLITS if (r := chunk_record(meta, s)) is not None]
+    if len(records) == len(SPLITS):
         lines.append(
             f"  integrity: {' + '.join(str(len(r.rows)) for r in records)} chunks recorded "
             f"(row counts, xxh3_64); `flashsim info --verify {p}` checks them all"

@@ -73,6 +73,8 @@ def _zarr_chunks(p: Path, split: str, meta: dict) -> Iterator[Chunk]:
 
     try:
         arr = zarr.open_group(p, mode="r")[split]
+        if not isinstance(arr, zarr.Array):
+            raise TypeError(f"{split!r} is a group, not an array")
     except Exception as err:  # a deleted array (KeyError), damaged zarr.json
         raise StoreError(
             f"{p} has no readable {split!r} array ({type(err).__name__}: {err}); the store "
@@ -106,8 +108,11 @@ def _wds_chunks(p: Path, split: str) -> Iterator[Chunk]:
         try:
             with tarfile.open(path) as tar:
                 for member in tar:
-                    if member.name.endswith(".npy"):
-                        data = tar.extractfile(member).read()
+                    # extractfile gives None for a member that is not a file: skipped, then
+                    # counted as a missing sample below
+                    f = tar.extractfile(member) if member.name.endswith(".npy") else None
+                    if f is not None:
+                        data = f.read()
                         rows = np.load(io.BytesIO(data), allow_pickle=False)
                         yield Chunk(index + got, f"{path} sample {member.name}", rows)
                         got += 1
@@ -160,8 +165,8 @@ def _problems(path: Path, split: str, meta: dict) -> Iterator[tuple[Chunk, str |
     covered = 0
     for chunk in read_chunks(path, split, meta):
         covered += chunk.count
-        problem = chunk.error
-        if problem is None and record is not None:
+        problem = chunk.error  # set exactly when the chunk could not be decoded
+        if chunk.rows is not None and record is not None:
             problem = record.problem(chunk.index, chunk.rows)
         yield chunk, problem
     if record is not None and covered != len(record.rows):
@@ -174,7 +179,7 @@ def checked_blocks(path: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
     differs from its recorded checksum) raises :class:`StoreError`."""
     p = Path(path)
     for chunk, problem in _problems(p, split, read_metadata(p)):
-        if problem is not None:
+        if problem is not None or chunk.rows is None:
             raise StoreError(f"{chunk.where} {problem}; the store is damaged. {REPAIR}")
         yield chunk.rows
 
@@ -220,7 +225,7 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
     for split in SPLITS:
         for chunk, problem in _problems(p, split, meta):
             report.chunks += chunk.count
-            if problem is None:
+            if problem is None and chunk.rows is not None:
                 report.rows += len(chunk.rows)
             else:
                 report.damaged.append(f"{split} chunk {chunk.index}: {chunk.where} {problem}")

@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,10 @@ from flashsim.store import (
     SPLITS,
     WDS_MANIFEST,
 )
+
+if TYPE_CHECKING:
+    import webdataset as wds
+    from zarr.core.array_spec import ArrayConfigParams
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 """Target uncompressed chunk size (design: 1-8 MB of whole rows)."""
@@ -145,6 +150,11 @@ class ZarrWriter(StoreWriter):
 
         self._group = zarr.open_group(self.path, mode="w", zarr_format=3)
         codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=DTYPE.itemsize)
+        # zarr leaves out chunks equal to the fill value by default; write them all, so
+        # that an absent chunk file always means a damaged store. Row-major (zarr's default
+        # order) stated: mypy, checking for Python 3.10, reads ArrayConfigParams' keys as
+        # required (zarr imports NotRequired from typing only on 3.11+).
+        config: ArrayConfigParams = {"order": "C", "write_empty_chunks": True}
         self._arrays = {
             split: self._group.create_array(
                 split,
@@ -153,9 +163,7 @@ class ZarrWriter(StoreWriter):
                 dtype=DTYPE,
                 compressors=codec,
                 fill_value=0.0,
-                # zarr leaves out chunks equal to the fill value by default; write them
-                # all, so that an absent chunk file always means a damaged store.
-                config={"write_empty_chunks": True},
+                config=config,
             )
             for split in SPLITS
         }
@@ -184,7 +192,7 @@ class WebDatasetWriter(StoreWriter):
     def _open(self) -> None:
         self.path.mkdir(parents=True)
         self._shards: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        self._tars: dict[str, object] = {}
+        self._tars: dict[str, wds.TarWriter] = {}
         self._samples = dict.fromkeys(SPLITS, 0)
 
     def _write_chunk(self, split: str, rows: np.ndarray) -> None:

@@ -141,12 +141,12 @@ def profiles(rows: CheckRows, splits: list, bins: int = PROFILE_BINS) -> list[Pr
         shape = (len(rows.class_names), len(edges) - 1)
         # one bin per (class, gen bin): a single bincount per target and sample
         index = np.where(rows.labels >= 0, rows.labels * shape[1] + bin_index(gen, edges), -1)
-        for target in rows.layout.roles.responses:
+        for target in rows.roles.responses:
             j = rows.target(target)
             full, flash = rows.full_physical[:, j], rows.flash_physical[:, j]
             mf, mg = _moments(full, index, shape), _moments(flash, index, shape)
             fits = {s: chi2_ndf(mg, mf, s) for s in STATS}
-            halves = {s: [] for s in STATS}
+            halves: dict[str, list[np.ndarray]] = {s: [] for s in STATS}
             for a, b in splits:
                 ha, hb = _moments(full[a], index[a], shape), _moments(full[b], index[b], shape)
                 for s in STATS:
@@ -227,7 +227,7 @@ def roc_checks(rows: CheckRows, splits: list) -> list[RocCheck]:
     """Every discriminant of the layout whose classes both have enough rows."""
     names = rows.class_names
     out = []
-    for d in rows.layout.roles.discriminants:
+    for d in rows.roles.discriminants:
         sig, bkg = rows.labels == names.index(d.signal), rows.labels == names.index(d.background)
         if sig.sum() < MIN_CLASS_ROWS or bkg.sum() < MIN_CLASS_ROWS:
             continue

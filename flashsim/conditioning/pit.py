@@ -104,7 +104,7 @@ def draw_ranks(
 def discrete_mask(rows: CheckRows) -> np.ndarray:
     """``(n_targets,)`` bool: the layout's integer-valued targets."""
     mask = np.zeros(rows.layout.n_targets, bool)
-    mask[[rows.target(c) for c in rows.layout.roles.discrete]] = True
+    mask[[rows.target(c) for c in rows.roles.discrete]] = True
     return mask
 
 

@@ -35,8 +35,9 @@ DPI = 80
 @contextmanager
 def cms_style(font_size: float = 10.0) -> Iterator[None]:
     """mplhep's CMS style, scaled down for grids of small panels."""
-    import matplotlib
+    import matplotlib.style
     import mplhep  # the style only
+    from cycler import cycler  # matplotlib's own dependency (matplotlib.cycler is this)
 
     overrides = {
         "font.size": font_size,
@@ -48,7 +49,7 @@ def cms_style(font_size: float = 10.0) -> Iterator[None]:
         "ytick.major.size": 5,
         "xtick.minor.size": 2.5,
         "ytick.minor.size": 2.5,
-        "axes.prop_cycle": matplotlib.cycler(color=COLOURS),
+        "axes.prop_cycle": cycler(color=COLOURS),
     }
     with matplotlib.style.context([mplhep.style.CMS, overrides]):
         yield

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from flashsim.layouts import Layout
+from flashsim.layouts import ColumnRoles, Layout
 from flashsim.transforms import Preprocessing
 
 
@@ -53,9 +53,7 @@ class CheckRows:
         flash_physical: np.ndarray | None = None,
     ) -> CheckRows:
         """From preprocessed arrays; the physical views are computed unless given."""
-        if layout.roles is None:
-            raise ValueError(f"the {layout.object} layout has no column roles")
-        roles = layout.roles
+        roles = _roles_of(layout)
         if full_physical is None:
             full_physical = preprocessing.inverse(full, columns=layout.targets)
         if flash_physical is None:
@@ -83,13 +81,18 @@ class CheckRows:
         )
 
     @property
+    def roles(self) -> ColumnRoles:
+        """The layout's column roles (a layout without them cannot be built into rows)."""
+        return _roles_of(self.layout)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.layout.roles.classes)
+        return tuple(name for name, _ in self.roles.classes)
 
     def head(self, n: int) -> CheckRows:
         """The first ``n`` rows."""
-        arrays = ("conditioning", "full", "flash", "full_physical", "flash_physical")
-        arrays += ("labels", "gen_pt", "gen_eta")
+        arrays: tuple[str, ...] = ("conditioning", "full", "flash")
+        arrays += ("full_physical", "flash_physical", "labels", "gen_pt", "gen_eta")
         return replace(self, **{name: getattr(self, name)[:n] for name in arrays})
 
     def __len__(self) -> int:
@@ -98,3 +101,9 @@ class CheckRows:
     def target(self, name: str) -> int:
         """Index of target column ``name`` in the ``(N, n_targets)`` arrays."""
         return self.layout.index(name) - self.layout.n_conditioning
+
+
+def _roles_of(layout: Layout) -> ColumnRoles:
+    if layout.roles is None:
+        raise ValueError(f"the {layout.object} layout has no column roles")
+    return layout.roles
