@@ -33,7 +33,8 @@ from flashsim.outputs import atomic_output
 from flashsim.presets import HParams
 
 CHECKPOINT_FORMAT = "flashsim-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2 added ``run_options`` and ``hparams.restarts``; version 1 files still load and resume."""
 
 _NUMPY_TAG = "__numpy_array__"
 _ENVELOPE = ("format", "version")
@@ -61,6 +62,9 @@ class Checkpoint:
         best_val_loss: the lowest validation loss so far (nats per row).
         store, store_metadata: the store trained on and its metadata.
         world_size, threads: processes and torch CPU threads of the run that saved it.
+        run_options: the other options that shape the run or what it writes, as it
+            resolved them (:class:`flashsim.train.resume.RunOptions`; ``None`` in files
+            of version 1).
         tool_version, saved_at: flashsim version and local time of the save.
     """
 
@@ -81,6 +85,7 @@ class Checkpoint:
     store_metadata: dict = field(default_factory=dict)
     world_size: int = 1
     threads: int | None = None
+    run_options: dict | None = None
     tool_version: str | None = None
     saved_at: str | None = None
 

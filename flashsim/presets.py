@@ -24,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,8 +67,11 @@ class HParams:
         preset: the preset they started from.
         epochs: epochs, also the cosine annealing period ``T_max``.
         batch_size: rows per optimiser step and per process (>= 2, for batch norm).
-        lr: Adam learning rate at the start of the cosine schedule.
+        lr: Adam learning rate at the start of each cosine cycle.
         seed: seed of the weights, the shuffling and dropout.
+        restarts: epochs (0-based) where a new cosine cycle starts: the warm restarts of
+            a run extended with ``--resume --epochs`` (:mod:`flashsim.train.schedule`);
+            empty for a run trained as planned.
     """
 
     preset: str
@@ -75,13 +79,20 @@ class HParams:
     batch_size: int
     lr: float
     seed: int = 0
+    restarts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
+        object.__setattr__(self, "restarts", tuple(int(r) for r in self.restarts))
         problems = []
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
+        bounds = (0, *self.restarts, self.epochs)
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
+            problems.append(
+                f"restarts must increase strictly within (0, {self.epochs}) (got {self.restarts})"
+            )
         if self.batch_size < 2:
             problems.append(f"batch size must be >= 2 for batch norm (got {self.batch_size})")
         if not self.lr > 0:
@@ -107,9 +118,26 @@ class HParams:
             seed=seed,
         )
 
+    @property
+    def cycles(self) -> list[tuple[int, int]]:
+        """The cosine cycles ``[(first epoch, end epoch), ...]`` (0-based, end exclusive)."""
+        bounds = (0, *self.restarts, self.epochs)
+        return list(itertools.pairwise(bounds))
+
+    def cycle_of(self, epoch: int) -> tuple[int, int]:
+        """The cycle that holds 0-based ``epoch`` (the last one for epochs past the end)."""
+        return next((c for c in self.cycles if c[0] <= epoch < c[1]), self.cycles[-1])
+
+    def extended(self, epochs: int) -> HParams:
+        """These hyperparameters run on to ``epochs`` with a new cosine cycle that starts
+        where the current schedule ends (a warm restart)."""
+        return dataclasses.replace(self, epochs=epochs, restarts=(*self.restarts, self.epochs))
+
     def to_dict(self) -> dict:
         """Plain dictionary (JSON- and checkpoint-safe)."""
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["restarts"] = list(self.restarts)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> HParams:

@@ -26,6 +26,7 @@ from pipelines.nanoaod import (
     iterate_steps,
 )
 from pipelines.tasks import DEFAULT_STEP_EVENTS
+from pipelines.writers import write_store
 
 SHARED_DATA = Path(
     os.environ.get("FLASHSIM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -132,3 +133,35 @@ def rows_of(path: str | os.PathLike, split: str | None = None) -> np.ndarray:
     splits = (split,) if split else SPLITS
     blocks = [b for s in splits for b in iter_blocks(path, s)]
     return np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)
+
+
+# A flow small enough for a 2-core CPU; the learning test uses the real `small` preset.
+TINY_FLOW = {"num_flow_steps": 3, "hidden_features": 32, "num_blocks": 1, "num_bins": 8}
+
+
+def synthetic_rows(obj: str, n: int, seed: int) -> np.ndarray:
+    """Rows ``conditioning | targets`` where targets = f(conditioning) + noise (learnable)."""
+    layout = layout_for(obj)
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n, layout.n_conditioning))
+    k = np.arange(layout.n_targets)
+    x = (
+        0.8 * np.tanh(y[:, k % layout.n_conditioning])
+        + 0.4 * y[:, (k + 5) % layout.n_conditioning]
+        + 0.25 * rng.normal(size=(n, layout.n_targets))
+    )
+    return np.concatenate([y, x], axis=1).astype(np.float32)
+
+
+def make_store(
+    tmp_path, obj="jets", fmt="zarr", n_train=8192, n_val=2048, name=None, poison=False, seed=0
+):
+    layout = layout_for(obj)
+    train_rows = synthetic_rows(obj, n_train, seed)
+    if poison:
+        train_rows[n_train // 2, layout.n_conditioning] = 1e30  # one absurd target value
+    suffix = {"zarr": ".zarr", "hdf5": ".h5", "webdataset": "-wds"}[fmt]
+    path = tmp_path / (name or f"{obj}{suffix}")
+    meta = {"object": obj, "layout": layout.to_dict(), "preprocessing": [], "seed": seed}
+    rows = {"train": train_rows, "val": synthetic_rows(obj, n_val, seed + 1)}
+    return write_store(path, fmt, rows, meta, chunk_rows=1024)

@@ -79,6 +79,9 @@ def progress_option(help: str | None = None) -> Decorator:
     return click.option("--progress/--no-progress", default=True, show_default=True, help=help)
 
 
+DATA_HELP = "A store (shards/jets.zarr) or the directory `flashsim prep --out` wrote."
+
+
 def data_option(command: Callable) -> Callable:
     """``--data``: a store or a prep output directory (default ``shards``)."""
     return click.option(
@@ -86,7 +89,17 @@ def data_option(command: Callable) -> Callable:
         type=click.Path(),
         default=str(DEFAULT_DATA_DIR),
         show_default=True,
-        help="A store (shards/jets.zarr) or the directory `flashsim prep --out` wrote.",
+        help=DATA_HELP,
+    )(command)
+
+
+def resumable_data_option(command: Callable) -> Callable:
+    """``--data`` of ``train``: left out, ``shards``, or with ``--resume`` the run's store."""
+    return click.option(
+        "--data",
+        type=click.Path(),
+        default=None,
+        help=f"{DATA_HELP}  [default: {DEFAULT_DATA_DIR}; with --resume the run's store]",
     )(command)
 
 

@@ -9,9 +9,9 @@ import click
 
 from flashsim.cli.options import (
     count_option,
-    data_option,
     device_option,
     progress_option,
+    resumable_data_option,
     spline_option,
 )
 from flashsim.flow_config import ACTIVATIONS
@@ -23,7 +23,7 @@ from flashsim.train.config import TrainConfig
 
 @click.command("train")
 @click.argument("obj", metavar="OBJECT", type=click.Choice(OBJECTS))
-@data_option
+@resumable_data_option
 @click.option(
     "--out", type=click.Path(), default=None, help="Run directory.  [default: runs/OBJECT]"
 )
@@ -64,13 +64,19 @@ from flashsim.train.config import TrainConfig
     help="How batches are read: chunked zarr, webdataset, device-resident, or the original per-row datasets.",
 )
 @device_option
-@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from checkpoints/last.pt, with the options it was started "
+    "with (those left out are restored; changed ones are refused, except a larger --epochs, "
+    "which extends the run with a new cosine cycle).",
+)
 @click.option(
     "--checkpoint-every",
     type=int,
-    default=0,
-    show_default=True,
-    help="Also keep checkpoints/epoch-NNNN.pt every N epochs (0: only last.pt and best.pt).",
+    default=None,
+    help="Also keep checkpoints/epoch-NNNN.pt every N epochs (0: only last.pt and best.pt).  "
+    "[default: 0]",
 )
 @count_option("--max-steps-per-epoch", help="Cap steps per epoch (quick runs).")
 @count_option(
@@ -83,21 +89,19 @@ from flashsim.train.config import TrainConfig
     help="Launch N local processes (DDP: gloo on CPU, NCCL with one GPU each). Under torchrun leave at 1.",
 )
 @click.option(
-    "--tf32/--no-tf32", default=False, show_default=True, help="TF32 matmuls on CUDA (unmeasured)."
+    "--tf32/--no-tf32", default=None, help="TF32 matmuls on CUDA (unmeasured).  [default: off]"
 )
 @click.option(
     "--compile/--no-compile",
     "compile_",
-    default=False,
-    show_default=True,
-    help="torch.compile the loss and its backward (fullgraph with --spline fused).",
+    default=None,
+    help="torch.compile the loss and its backward (fullgraph with --spline fused).  [default: off]",
 )
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
-    default=False,
-    show_default=True,
+    default=None,
     help="Capture the whole step (forward, backward, Adam) in a CUDA graph and replay it "
-    "(CUDA, --spline fused, one process).",
+    "(CUDA, --spline fused, one process).  [default: off]",
 )
 @click.option(
     "--deterministic/--no-deterministic",
@@ -105,7 +109,7 @@ from flashsim.train.config import TrainConfig
     help="torch.use_deterministic_algorithms.  [default: on for CPU, off for CUDA]",
 )
 @click.option(
-    "--num-workers", type=int, default=0, show_default=True, help="Loader worker processes."
+    "--num-workers", type=int, default=None, help="Loader worker processes.  [default: 0]"
 )
 @count_option(
     "--threads",
@@ -113,10 +117,7 @@ from flashsim.train.config import TrainConfig
 )
 @progress_option("Progress bar.")
 @click.option(
-    "--tensorboard/--no-tensorboard",
-    default=True,
-    show_default=True,
-    help="TensorBoard event files.",
+    "--tensorboard/--no-tensorboard", default=None, help="TensorBoard event files.  [default: on]"
 )
 def train(obj: str, **opts) -> None:
     """Train the conditional spline flow of OBJECT (jets or muons).
@@ -127,7 +128,9 @@ def train(obj: str, **opts) -> None:
     best.pt (lowest validation loss), metrics.jsonl, loss.png, tensorboard/, train.log.
 
     Ctrl-C stops at the next step and writes a resumable checkpoint; --resume then
-    continues exactly where it stopped. Several processes (DDP): --nproc N on one
+    continues exactly where it stopped, with the options the run was started with.
+    --resume --epochs N (more than the run's) extends a finished or interrupted run:
+    a new cosine cycle (warm restart) over the added epochs. Several processes (DDP): --nproc N on one
     machine, or torchrun for several GPUs/nodes, e.g. `torchrun --nproc-per-node 4
     --no-python flashsim train jets --device cuda`.
 
@@ -135,7 +138,8 @@ def train(obj: str, **opts) -> None:
     Examples:
       flashsim train jets                              # small preset, shards/ -> runs/jets/
       flashsim train muons --preset paper --device cuda --out runs/muons-paper
-      flashsim train jets --epochs 20 --loader resident --resume
+      flashsim train jets --out runs/jets --resume     # continue runs/jets
+      flashsim train jets --resume --epochs 900        # extend a 600-epoch run
     """
     from flashsim.train import train as run_training
 

@@ -64,6 +64,30 @@ class RunProgress:
         return progress
 
 
+_STORE_IDENTITY = ("layout", "preprocessing", "rows", "seed", "inputs")
+"""The store metadata that must match for a run to resume on a store (its path may differ:
+a copied or moved store resumes)."""
+
+
+def _identity(meta: dict, key: str) -> object:
+    value = meta.get(key)
+    if key == "inputs" and isinstance(value, list):  # the files' content, not their paths
+        return [(i.get("sha256"), i.get("events")) for i in value if isinstance(i, dict)]
+    return value
+
+
+def load_resumable(out: Path, obj: str) -> Checkpoint:
+    """``out/checkpoints/last.pt``, checked to be a model of ``obj``."""
+    last = out / CHECKPOINT_DIR / LAST
+    saved = load_checkpoint(last, map_location="cpu")
+    if saved.object != obj:
+        raise FlashSimError(
+            f"{last} is a {saved.object} model; it cannot resume `train {obj}`. Use the --out "
+            f"of a {obj} run."
+        )
+    return saved
+
+
 class RunCheckpoints:
     """The ``checkpoints/`` folder of the run directory ``out``.
 
@@ -80,36 +104,21 @@ class RunCheckpoints:
         self.ctx = ctx
         self.every = every
 
-    def load_for_resume(self, obj: str) -> Checkpoint:
-        """``last.pt``, checked to be a model of ``obj``."""
-        saved = load_checkpoint(self.last, map_location="cpu")
-        if saved.object != obj:
-            raise FlashSimError(
-                f"{self.last} is a {saved.object} model; it cannot resume `train {obj}`. Use "
-                f"the --out of a {obj} run."
-            )
-        return saved
-
     def check_resumable(self, saved: Checkpoint, store: Path, meta: dict, kind: str) -> None:
-        """Refuse to resume on differently prepared data, or mid-epoch with another
-        number of processes or another loader kind."""
-        for key in ("layout", "preprocessing"):
-            if key in saved.store_metadata and saved.store_metadata.get(key) != meta.get(key):
+        """Refuse to resume on other data (differently prepared, other rows or inputs),
+        or mid-epoch with another loader kind (files of version 1 record no other)."""
+        for key in _STORE_IDENTITY:
+            if key in saved.store_metadata and _identity(saved.store_metadata, key) != (
+                _identity(meta, key)
+            ):
                 raise FlashSimError(
                     f"The store {store} differs in its {key} from the one the checkpoint "
-                    f"{self.last} was trained on ({saved.store}); resuming on differently "
-                    "prepared data would mix two datasets. Use the original store or start a "
-                    "new run with another --out."
+                    f"{self.last} was trained on ({saved.store}); resuming on other data "
+                    "would mix two datasets. Nothing was changed. Use the original store "
+                    "(--data) or start a new run with another --out."
                 )
-        if not saved.mid_epoch:
-            return
         info = saved.loader or {}
-        if info.get("world_size") != self.ctx.world_size:
-            raise FlashSimError(
-                f"{self.last} was saved in the middle of an epoch by {info.get('world_size')} "
-                f"process(es); resume it with the same number (now {self.ctx.world_size})."
-            )
-        if info.get("kind") != kind:
+        if saved.mid_epoch and info.get("kind") != kind:
             raise FlashSimError(
                 f"{self.last} was saved in the middle of an epoch with --loader "
                 f"{info.get('kind')}; resume with the same loader (not {kind})."

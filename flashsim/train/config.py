@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashsim.presets import PresetName
-from flashsim.store import DEFAULT_DATA_DIR, LoaderKind
+from flashsim.store import LoaderKind
 
 __all__ = ["TrainConfig", "TrainResult"]
 
@@ -15,48 +15,52 @@ __all__ = ["TrainConfig", "TrainResult"]
 class TrainConfig:
     """Options of :func:`flashsim.train.train` (the ``flashsim train`` command line).
 
-    Hyperparameters left at ``None`` come from the preset (``small`` by default) or, with
-    ``resume``, from the checkpoint; a value given together with ``resume`` must match
-    the checkpoint's.
+    A new run takes what is left at ``None`` (or ``"auto"``) from the preset (``small`` by
+    default) and the defaults below. With ``resume`` everything that shapes the run is
+    the checkpoint's: an option left out is restored from it, and one given with another
+    value is refused (:mod:`flashsim.train.resume`), except a larger ``epochs``, which
+    extends the run with a new cosine cycle (:mod:`flashsim.train.schedule`).
 
     Attributes:
         object: ``"jets"`` or ``"muons"``.
-        data: a store (``shards/jets.zarr``) or a directory of stores (``shards/``).
+        data: a store (``shards/jets.zarr``) or a directory of stores; default
+            ``shards/`` (resume: the checkpoint's store).
         out: run directory (checkpoints, metrics, plots); default ``runs/<object>``.
         preset: one of :data:`flashsim.presets.PRESETS` (``"small"``, ``"paper"``).
         epochs, batch_size, lr, seed: override the preset (batch size is per process).
         flow: overrides of :class:`~flashsim.model.FlowConfig` fields, e.g.
             ``{"hidden_features": 128, "num_bins": 32, "spline": "nflows"}``.
-        loader: loader kind passed to :func:`loaders.open` (:data:`flashsim.store.LOADER_KINDS`).
+        loader: loader kind passed to :func:`loaders.open` (:data:`flashsim.store.LOADER_KINDS`;
+            ``"auto"`` picks one, or on resume the checkpoint's).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
             (:func:`flashsim.devices.parse_device`).
         resume: continue from ``out/checkpoints/last.pt``.
-        checkpoint_every: also keep ``epoch-NNNN.pt`` every N epochs (0: never).
-        max_steps_per_epoch: cap optimiser steps per epoch (quick runs).
+        checkpoint_every: also keep ``epoch-NNNN.pt`` every N epochs (default 0: never).
+        max_steps_per_epoch: cap optimiser steps per epoch (quick runs; default: none).
         stop_after_epochs: stop (resumably) after this many epochs in this invocation,
             e.g. to fit a batch-system time limit.
         nproc: launch this many local processes (DDP); 1 = this process only.
-        tf32: TF32 matmuls on CUDA (off unless measured).
+        tf32: TF32 matmuls on CUDA (default off).
         compile: ``torch.compile`` the loss and its backward (``fullgraph=True`` with the
-            fused spline engine; see :mod:`flashsim.train.step`).
+            fused spline engine; see :mod:`flashsim.train.step`; default off).
         cuda_graphs: capture the whole training step (forward, backward, Adam) in a CUDA
-            graph and replay it per batch (CUDA, fused spline engine, one process).
+            graph and replay it per batch (CUDA, fused spline engine, one process; default off).
         deterministic: ``torch.use_deterministic_algorithms`` (default: on for CPU, off
             on CUDA).
-        num_workers: loader worker processes.
+        num_workers: loader worker processes (default 0).
         threads: torch intra-op CPU threads for this run (default: torch's choice; under
             ``nproc`` the cores are shared out). Small flows on a busy CPU often run
             faster with 1.
         check_every: steps between host syncs that check the loss is finite (and, under
-            DDP, agree on a stop request).
+            DDP, agree on a stop request); default 20.
         progress: show a tqdm progress bar (rank 0).
-        tensorboard: write TensorBoard event files.
+        tensorboard: write TensorBoard event files (default on).
         trace: diagnostics for tests and debugging: write per-step row fingerprints and a
             parameter checksum per rank to ``out/trace/`` (slow; small runs only).
     """
 
     object: str
-    data: str | Path = DEFAULT_DATA_DIR
+    data: str | Path | None = None
     out: str | Path | None = None
     preset: PresetName | None = None
     epochs: int | None = None
@@ -67,19 +71,19 @@ class TrainConfig:
     loader: LoaderKind = "auto"
     device: str = "auto"
     resume: bool = False
-    checkpoint_every: int = 0
+    checkpoint_every: int | None = None
     max_steps_per_epoch: int | None = None
     stop_after_epochs: int | None = None
     nproc: int = 1
-    tf32: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
+    tf32: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
     deterministic: bool | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
     threads: int | None = None
-    check_every: int = 20
+    check_every: int | None = None
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool | None = None
     trace: bool = False
 
     @property

@@ -171,7 +171,7 @@ class EpochLoop:
         self.progress = progress
         self.epochs = epochs
         self.last_checkpoint = last_checkpoint
-        self.check_every = max(1, int(config.check_every))
+        self.check_every = max(1, int(config.check_every or 1))  # resolved: never None
         self.trace = StepTrace(config.out_dir, ctx.rank, parts.flow) if config.trace else None
 
     # -- training pass ---------------------------------------------------------------

@@ -30,9 +30,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 
-_OVERRIDABLE = ("preset", "epochs", "batch_size", "lr", "seed")
-"""The :class:`TrainConfig` fields that are :class:`HParams` fields."""
-
 
 def check_loader_kind(obj: str, kind: str) -> None:
     """Refuse unknown loader kinds and an ``original-<other object>`` loader."""
@@ -61,18 +58,18 @@ def check_out_dir(out: Path, resume: bool) -> None:
 
 
 def precheck(config: TrainConfig) -> None:
-    """Fail fast, before starting processes, on the mistakes every rank would hit."""
-    check_loader_kind(config.object, config.loader)
+    """Fail fast, before starting processes, on a store every rank would refuse."""
+    assert config.data is not None  # resolved
     store = find_store(config.data, config.object)
     check_store(store, read_metadata(store), config.object)
-    check_out_dir(config.out_dir, config.resume)
 
 
 def resolve_hparams(
     config: TrainConfig, layout: Layout, saved: Checkpoint | None = None
 ) -> tuple[HParams, FlowConfig]:
-    """The run's hyperparameters: preset + overrides, or the checkpoint's (``saved``),
-    whose values the options may repeat but not change."""
+    """The run's hyperparameters: preset + overrides, or the checkpoint's (``saved``;
+    :func:`flashsim.train.resume.resolve_config` has refused options that differ), run
+    on to a larger ``config.epochs`` with a new cosine cycle."""
     if saved is None:
         preset = get_preset(config.preset or DEFAULT_PRESET, config.object)
         try:
@@ -91,7 +88,8 @@ def resolve_hparams(
         if saved.hparams is None:
             raise FlashSimError(f"The checkpoint of {config.out_dir} holds no hyperparameters.")
         hp, flow = saved.hparams, saved.flow_config
-        _refuse_conflicts(config, hp, flow)
+        if config.epochs is not None and config.epochs > hp.epochs:
+            hp = hp.extended(config.epochs)  # a warm restart where the schedule ended
     if (flow.n_targets, flow.n_conditioning) != (layout.n_targets, layout.n_conditioning):
         raise FlashSimError(
             f"The flow expects {flow.n_targets} targets | {flow.n_conditioning} conditioning "
@@ -99,25 +97,6 @@ def resolve_hparams(
             f"{layout.n_conditioning}; the dimensions come from the store, do not override them."
         )
     return hp, flow
-
-
-def _refuse_conflicts(config: TrainConfig, hp: HParams, flow: FlowConfig) -> None:
-    conflicts = [
-        f"{name}={getattr(config, name)!r} (checkpoint: {getattr(hp, name)!r})"
-        for name in _OVERRIDABLE
-        if getattr(config, name) is not None and getattr(config, name) != getattr(hp, name)
-    ]
-    conflicts += [
-        f"{k}={v!r} (checkpoint: {getattr(flow, k, None)!r})"
-        for k, v in config.flow.items()
-        if v is not None and getattr(flow, k, None) != v
-    ]
-    if conflicts:
-        raise FlashSimError(
-            "--resume continues the saved run with its own hyperparameters, but these "
-            f"options differ: {', '.join(conflicts)}. Drop them to resume, or start a new "
-            "run with another --out."
-        )
 
 
 def open_loaders(

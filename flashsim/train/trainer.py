@@ -43,7 +43,7 @@ from flashsim.layouts import layout_for
 from flashsim.model import build_flow, count_parameters
 from flashsim.store import check_store
 from flashsim.train import distributed
-from flashsim.train.checkpointing import RunCheckpoints, RunProgress
+from flashsim.train.checkpointing import RunCheckpoints, RunProgress, load_resumable
 from flashsim.train.config import TrainConfig, TrainResult
 from flashsim.train.interrupt import StopRequest
 from flashsim.train.loop import (
@@ -53,7 +53,14 @@ from flashsim.train.loop import (
     NonFiniteLossError,
     Trainable,
 )
+from flashsim.train.resume import RunOptions, resolve_config
 from flashsim.train.runlog import RunLog
+from flashsim.train.schedule import (
+    cosine_schedule,
+    describe_schedule,
+    restart_if_due,
+    schedule_record,
+)
 from flashsim.train.setup import (
     check_loader_kind,
     check_out_dir,
@@ -68,30 +75,39 @@ __all__ = ["NonFiniteLossError", "train"]
 
 log = logging.getLogger("flashsim.train")
 
+_NOT_IN_RUN_CONFIG = ("resume", "stop_after_epochs", "progress", "trace")
+_NOT_IN_RUN_CONFIG += ("preset", "epochs", "batch_size", "lr", "seed", "flow")
+"""Left out of ``run.json``'s ``config``: the options of one invocation, and the
+overrides that its ``hparams`` and ``flow_config`` hold as resolved."""
+
 
 class _Run:
     """One process's share of a training run: sets it up, runs the epochs, and says
     where it stopped. The pieces: :class:`RunCheckpoints` (checkpoints), :class:`RunLog`
     (train.log, run.json, metrics), :class:`EpochLoop` (the passes of an epoch)."""
 
-    def __init__(self, config: TrainConfig, ctx: distributed.DistContext, device: torch.device):
-        self.config = config
+    def __init__(
+        self,
+        config: TrainConfig,
+        ctx: distributed.DistContext,
+        device: torch.device,
+        saved: Checkpoint | None = None,
+    ) -> None:
+        self.config = config  # resolved (resume.resolve_config): no option left out
         self.ctx = ctx
         self.device = device
         self.out = config.out_dir
-        self.checkpoints = RunCheckpoints(self.out, ctx, config.checkpoint_every)
+        self.saved = saved
+        self.checkpoints = RunCheckpoints(self.out, ctx, int(config.checkpoint_every or 0))
         self.progress = RunProgress()
 
     # -- setup ------------------------------------------------------------------
 
     def prepare(self) -> None:
-        cfg = self.config
-        check_loader_kind(cfg.object, cfg.loader)
-        check_out_dir(self.out, cfg.resume)
-        saved = self.checkpoints.load_for_resume(cfg.object) if cfg.resume else None
-        if saved is not None and cfg.threads is None and self.device.type == "cpu":
-            # Same thread count, same CPU reduction order: the resumed run stays bit-exact.
-            torch.set_num_threads(int(saved.threads or torch.get_num_threads()))
+        cfg = self.config  # train() has checked the loader kind and the run directory
+        saved = self.saved
+        if cfg.resume and saved is None:  # a process started by --nproc: read it again
+            saved = load_resumable(self.out, cfg.object)
         hp, self.flow_config = resolve_hparams(cfg, layout_for(cfg.object), saved)
         self.train_loader, self.val_loader, self.hp = open_loaders(cfg, hp, self.ctx, self.device)
         self.store = self.train_loader.path
@@ -100,6 +116,10 @@ class _Run:
         if saved is not None:
             self.checkpoints.check_resumable(saved, self.store, self.meta, cfg.loader)
         self.parts = self._build(saved)
+        if self.progress.loader_state is not None:
+            # Refused now, before anything is written, if the batch order would differ
+            # (applied again, identically, when the epoch starts).
+            self.train_loader.load_state_dict(self.progress.loader_state)
         self.loop = EpochLoop(
             cfg,
             self.ctx,
@@ -121,7 +141,7 @@ class _Run:
             standardize_from_store(flow, self.store, self.layout)
         flow.to(self.device)
         optimizer = torch.optim.Adam(flow.parameters(), lr=self.hp.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hp.epochs)
+        scheduler = cosine_schedule(optimizer, self.hp)
         # Global RNGs (dropout, anything else random) seeded per rank; restored on resume.
         torch.manual_seed(seed + self.ctx.rank)
         np.random.seed((seed + self.ctx.rank) % 2**32)  # noqa: NPY002 (legacy global RNG)
@@ -176,7 +196,7 @@ class _Run:
             epoch_progress=[r["progress"] for r in ranks] if mid_epoch else None,
             loader=(
                 {
-                    "kind": self.config.loader,
+                    "kind": self.train_loader.kind,
                     "world_size": self.ctx.world_size,
                     "states": [r["loader"] for r in ranks],
                 }
@@ -190,8 +210,24 @@ class _Run:
             store_metadata=self.meta,
             world_size=self.ctx.world_size,
             threads=torch.get_num_threads(),
+            run_options=self.run_options().to_dict(),
             tool_version=__version__,
             saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+    def run_options(self) -> RunOptions:
+        cfg = self.config
+        return RunOptions(
+            loader=self.train_loader.kind,
+            device=self.device.type,
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            tf32=bool(cfg.tf32),
+            compile=bool(cfg.compile),
+            max_steps_per_epoch=cfg.max_steps_per_epoch,
+            checkpoint_every=int(cfg.checkpoint_every or 0),
+            tensorboard=bool(cfg.tensorboard),
+            num_workers=int(cfg.num_workers or 0),
+            check_every=int(cfg.check_every or 1),
         )
 
     def save(self, mid_epoch: bool, is_best: bool = False) -> None:
@@ -204,7 +240,7 @@ class _Run:
         self.prepare()
         try:
             with RunLog(
-                self.out, self.ctx.is_main, self.progress.history, self.config.tensorboard
+                self.out, self.ctx.is_main, self.progress.history, bool(self.config.tensorboard)
             ) as runlog:
                 runlog.start(self.run_info(), self.describe())
                 status = self._epochs(runlog)
@@ -219,6 +255,7 @@ class _Run:
         with StopRequest() as stop:
             while progress.epochs_done < epochs:
                 epoch = progress.epochs_done
+                self.parts.scheduler = restart_if_due(self.parts.scheduler, self.hp, epoch)
                 lr = self.parts.lr
                 try:
                     acc = self.loop.train_epoch(epoch, stop)
@@ -273,8 +310,9 @@ class _Run:
     def resume_command(self) -> str:
         if self.ctx.distributed and os.environ.get(distributed.INIT_METHOD_ENV) is None:
             return "relaunch the same torchrun command with --resume"
-        parts = ["flashsim", "train", self.config.object, "--data", str(self.config.data)]
-        parts += ["--out", str(self.out), "--loader", self.config.loader, "--resume"]
+        # Everything else that shapes the run is restored from the checkpoint.
+        parts = ["flashsim", "train", self.config.object, "--data", str(self.store)]
+        parts += ["--out", str(self.out), "--resume"]
         if self.ctx.distributed:
             parts += ["--nproc", str(self.ctx.world_size)]
         return shlex.join(parts)
@@ -290,9 +328,10 @@ class _Run:
             f"{fc.activation}, batch norm {'on' if fc.batch_norm else 'off'}, dropout {fc.dropout}, "
             f"standardized inputs {'on' if fc.standardize else 'off'}, spline engine {fc.spline}; "
             f"{count_parameters(self.parts.flow):,} parameters",
-            f"Adam lr {hp.lr:g}, cosine annealing over {hp.epochs} epochs, batch "
+            f"Adam lr {hp.lr:g}, {describe_schedule(hp)}, batch "
             f"{hp.batch_size} per process x {self.ctx.world_size} process(es), seed {hp.seed}",
-            f"device {self.device}, {torch.get_num_threads()} CPU thread(s); tf32 {'on' if cfg.tf32 else 'off'}, compile "
+            f"device {self.device}, {torch.get_num_threads()} CPU thread(s); tf32 "
+            f"{'on' if cfg.tf32 else 'off'}, compile "
             f"{'on' if cfg.compile else 'off'}, deterministic "
             f"{'on' if torch.are_deterministic_algorithms_enabled() else 'off'}"
             + (", CUDA graphs on" if cfg.cuda_graphs else "")
@@ -307,13 +346,18 @@ class _Run:
         return "\n".join(lines)
 
     def run_info(self) -> dict:
-        """What ``run.json`` records: the options, hyperparameters and environment."""
+        """What ``run.json`` records: the run's options (as resolved), hyperparameters,
+        flow, learning-rate cycles and environment; the same for every invocation of an
+        unchanged run."""
+        options = dataclasses.asdict(self.config)
+        for name in _NOT_IN_RUN_CONFIG:
+            options.pop(name)
+        options.update(self.run_options().to_dict(), data=self.store)
+        options.update(threads=torch.get_num_threads(), nproc=self.ctx.world_size)
         return {
-            "config": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in dataclasses.asdict(self.config).items()
-            },
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
             "hparams": self.hp.to_dict(),
+            "lr_schedule": schedule_record(self.hp),
             "flow_config": self.flow_config.to_dict(),
             "store": str(self.store),
             "device": str(self.device),
@@ -342,8 +386,8 @@ def _torch_flags(config: TrainConfig, device: torch.device):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = config.tf32
-        torch.backends.cudnn.allow_tf32 = config.tf32
+        torch.backends.cuda.matmul.allow_tf32 = bool(config.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(config.tf32)
     elif config.tf32:
         log.warning("--tf32 has no effect on %s", device)
     try:
@@ -355,7 +399,7 @@ def _torch_flags(config: TrainConfig, device: torch.device):
         torch.set_num_threads(previous[3])
 
 
-def _train_process(config: TrainConfig) -> TrainResult:
+def _train_process(config: TrainConfig, saved: Checkpoint | None = None) -> TrainResult:
     device = resolve_device(config.device)
     ctx = distributed.setup(device.type)
     if device.type == "cuda" and ctx.distributed:
@@ -364,7 +408,7 @@ def _train_process(config: TrainConfig) -> TrainResult:
         torch.cuda.set_device(device)  # cuda:N: CUDA events and the allocator use GPU N
     try:
         with _torch_flags(config, device):
-            return _Run(config, ctx, device).run()
+            return _Run(config, ctx, device, saved).run()
     finally:
         distributed.teardown(ctx)
 
@@ -385,6 +429,10 @@ def train(config: TrainConfig) -> TrainResult:
         >>> result = train(TrainConfig("jets", data="shards", epochs=2))  # doctest: +SKIP
         >>> result.history[-1]["val_loss"]                              # doctest: +SKIP
     """
+    check_loader_kind(config.object, config.loader)
+    check_out_dir(config.out_dir, config.resume)
+    saved = load_resumable(config.out_dir, config.object) if config.resume else None
+    config = resolve_config(config, saved)
     if config.nproc > 1:
         device = resolve_device(config.device)
         if device.index is not None:
@@ -402,4 +450,4 @@ def train(config: TrainConfig) -> TrainResult:
         return distributed.launch(
             config.nproc, _train_process, dataclasses.replace(config, nproc=1)
         )
-    return _train_process(config)
+    return _train_process(config, saved)
