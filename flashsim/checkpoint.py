@@ -62,10 +62,10 @@ class Checkpoint:
         best_val_loss: the lowest validation loss so far (nats per row).
         store, store_metadata: the store trained on and its metadata.
         world_size, threads: processes and torch CPU threads of the run that saved it.
+        tool_version, saved_at: flashsim version and local time of the save.
         run_options: the other options that shape the run or what it writes, as it
             resolved them (:class:`flashsim.train.resume.RunOptions`; ``None`` in files
             of version 1).
-        tool_version, saved_at: flashsim version and local time of the save.
     """
 
     object: str | None
@@ -85,9 +85,9 @@ class Checkpoint:
     store_metadata: dict = field(default_factory=dict)
     world_size: int = 1
     threads: int | None = None
-    run_options: dict | None = None
     tool_version: str | None = None
     saved_at: str | None = None
+    run_options: dict | None = None
 
     def to_dict(self) -> dict:
         """The ``torch.save`` dictionary (keys in the order earlier versions wrote them)."""

@@ -84,11 +84,12 @@ def test_checkpoint_record_keeps_the_on_disk_keys_and_reads_the_old_form(tmp_pat
     assert list(ckpt.to_dict()) == [
         "object", "flow_config", "hparams", "model", "optimizer", "scheduler", "epochs_done",
         "mid_epoch", "epoch_progress", "loader", "rng", "history", "best_val_loss", "store",
-        "store_metadata", "world_size", "threads", "tool_version", "saved_at",
+        "store_metadata", "world_size", "threads", "tool_version", "saved_at", "run_options",
     ]  # fmt: skip
     # The form every earlier version wrote: plain dicts for the flow config and hparams.
     old = {"object": "jets", "flow_config": flow_config.to_dict(), "model": model}
-    save_checkpoint(tmp_path / "old.pt", {**old, "hparams": hp.to_dict(), "epochs_done": 2})
+    v1_hparams = {k: v for k, v in hp.to_dict().items() if k != "restarts"}  # before 2
+    save_checkpoint(tmp_path / "old.pt", {**old, "hparams": v1_hparams, "epochs_done": 2})
     back = load_checkpoint(tmp_path / "old.pt")
     assert back.flow_config == flow_config and back.hparams == hp and back.epochs_done == 2
     assert back.best_val_loss == math.inf and back.history == [] and back.store_metadata == {}
