@@ -14,6 +14,7 @@ import pytest
 
 from flashsim.layouts import layout_for
 from flashsim.options import FINAL_STATE
+from flashsim.train.config import TrainConfig
 from flashsim.train.metrics import METRICS_FILE
 from pipelines.branches import materialize, resolve_branches
 from pipelines.features import FEATURES
@@ -165,3 +166,20 @@ def make_store(
     meta = {"object": obj, "layout": layout.to_dict(), "preprocessing": [], "seed": seed}
     rows = {"train": train_rows, "val": synthetic_rows(obj, n_val, seed + 1)}
     return write_store(path, fmt, rows, meta, chunk_rows=1024)
+
+
+def quick_config(store, out, **kw) -> TrainConfig:
+    """Options of a training run of a tiny flow that takes seconds (``kw`` override them)."""
+    opts = {
+        "data": store,
+        "out": out,
+        "epochs": 3,
+        "batch_size": 512,
+        "flow": dict(TINY_FLOW),
+        "lr": 2e-3,
+        "progress": False,
+        "tensorboard": False,
+        "threads": 1,  # tiny flows: one thread is faster, and immune to a busy machine
+    }
+    opts.update(kw)
+    return TrainConfig("jets", **opts)

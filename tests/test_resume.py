@@ -25,7 +25,7 @@ from flashsim.checkpoint import read_checkpoint
 from flashsim.cli import main
 from flashsim.train import TrainConfig, train
 
-from conftest import TINY_FLOW, make_store, read_metrics
+from conftest import make_store, quick_config, read_metrics
 
 FLASHSIM = [sys.executable, "-m", "flashsim"]
 # The shape of the run under test: capped epochs (12 of 32 possible steps), no
@@ -160,18 +160,7 @@ def test_resume_on_another_store_is_refused_and_changes_nothing(interrupted, tmp
 
 
 def quick(store, out, **kw) -> TrainConfig:
-    opts = {
-        "data": store,
-        "out": out,
-        "batch_size": 512,
-        "max_steps_per_epoch": 4,
-        "flow": dict(TINY_FLOW),
-        "lr": 2e-3,
-        "progress": False,
-        "tensorboard": False,
-        "threads": 1,
-    }
-    return TrainConfig("jets", **(opts | kw))
+    return quick_config(store, out, max_steps_per_epoch=4, **kw)
 
 
 def resume(out, **kw) -> TrainConfig:

@@ -26,22 +26,7 @@ from flashsim.train import loop as loop_module
 from pipelines.writers import write_store
 
 from conftest import TINY_FLOW, make_store, read_metrics, synthetic_rows
-
-
-def quick(store, out, **kw) -> TrainConfig:
-    opts = {
-        "data": store,
-        "out": out,
-        "epochs": 3,
-        "batch_size": 512,
-        "flow": dict(TINY_FLOW),
-        "lr": 2e-3,
-        "progress": False,
-        "tensorboard": False,
-        "threads": 1,  # tiny flows: one thread is faster, and immune to a busy machine
-    }
-    opts.update(kw)
-    return TrainConfig("jets", **opts)
+from conftest import quick_config as quick
 
 
 def _sha(path) -> str:
