@@ -7,6 +7,9 @@ Modules: :mod:`~flashsim.train.config` (options and result), :mod:`~flashsim.tra
 (one run, start to end), :mod:`~flashsim.train.setup` (checks, hyperparameters, loaders),
 :mod:`~flashsim.train.loop` (the passes of an epoch), :mod:`~flashsim.train.checkpointing`
 (a run's checkpoints; the file format is :mod:`flashsim.checkpoint`),
+:mod:`~flashsim.train.resume` (what a resumed run restores and refuses),
+:mod:`~flashsim.train.schedule` (cosine cycles, warm restarts of an extended run),
+:mod:`~flashsim.train.about` (the run's summary, run.json, resume command),
 :mod:`~flashsim.train.runlog` (train.log, run.json), :mod:`~flashsim.train.metrics`
 (JSON lines, TensorBoard, loss plot),
 :mod:`~flashsim.train.distributed` (torchrun/DDP, ``--nproc`` launcher),

@@ -27,9 +27,7 @@ import dataclasses
 import logging
 import os
 import random
-import shlex
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,9 +38,10 @@ from flashsim.checkpoint import Checkpoint
 from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError
 from flashsim.layouts import layout_for
-from flashsim.model import build_flow, count_parameters
+from flashsim.model import build_flow
 from flashsim.store import check_store
 from flashsim.train import distributed
+from flashsim.train.about import describe, resume_command, run_info, run_options
 from flashsim.train.checkpointing import RunCheckpoints, RunProgress, load_resumable
 from flashsim.train.config import TrainConfig, TrainResult
 from flashsim.train.interrupt import StopRequest
@@ -53,14 +52,9 @@ from flashsim.train.loop import (
     NonFiniteLossError,
     Trainable,
 )
-from flashsim.train.resume import RunOptions, resolve_config
+from flashsim.train.resume import resolve_config
 from flashsim.train.runlog import RunLog
-from flashsim.train.schedule import (
-    cosine_schedule,
-    describe_schedule,
-    restart_if_due,
-    schedule_record,
-)
+from flashsim.train.schedule import cosine_schedule, restart_if_due
 from flashsim.train.setup import (
     check_loader_kind,
     check_out_dir,
@@ -74,11 +68,6 @@ from flashsim.train.step import make_train_step
 __all__ = ["NonFiniteLossError", "train"]
 
 log = logging.getLogger("flashsim.train")
-
-_NOT_IN_RUN_CONFIG = ("resume", "stop_after_epochs", "progress", "trace")
-_NOT_IN_RUN_CONFIG += ("preset", "epochs", "batch_size", "lr", "seed", "flow")
-"""Left out of ``run.json``'s ``config``: the options of one invocation, and the
-overrides that its ``hparams`` and ``flow_config`` hold as resolved."""
 
 
 class _Run:
@@ -210,24 +199,9 @@ class _Run:
             store_metadata=self.meta,
             world_size=self.ctx.world_size,
             threads=torch.get_num_threads(),
-            run_options=self.run_options().to_dict(),
+            run_options=run_options(self).to_dict(),
             tool_version=__version__,
             saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-
-    def run_options(self) -> RunOptions:
-        cfg = self.config
-        return RunOptions(
-            loader=self.train_loader.kind,
-            device=self.device.type,
-            deterministic=torch.are_deterministic_algorithms_enabled(),
-            tf32=bool(cfg.tf32),
-            compile=bool(cfg.compile),
-            max_steps_per_epoch=cfg.max_steps_per_epoch,
-            checkpoint_every=int(cfg.checkpoint_every or 0),
-            tensorboard=bool(cfg.tensorboard),
-            num_workers=int(cfg.num_workers or 0),
-            check_every=int(cfg.check_every or 1),
         )
 
     def save(self, mid_epoch: bool, is_best: bool = False) -> None:
@@ -242,7 +216,7 @@ class _Run:
             with RunLog(
                 self.out, self.ctx.is_main, self.progress.history, bool(self.config.tensorboard)
             ) as runlog:
-                runlog.start(self.run_info(), self.describe())
+                runlog.start(run_info(self), describe(self))
                 status = self._epochs(runlog)
         finally:
             if self.loop.trace is not None:
@@ -292,7 +266,7 @@ class _Run:
             last_checkpoint=last if last.exists() else None,
             best_checkpoint=best if best.exists() else None,
             best_val_loss=self.progress.best_val,
-            resume_command=None if status == "completed" else self.resume_command(),
+            resume_command=None if status == "completed" else resume_command(self),
             rank=self.ctx.rank,
         )
         if self.ctx.is_main and status != "completed":
@@ -304,68 +278,6 @@ class _Run:
             )
             log.info(f"Stopped {where}; checkpoint {last}. Resume with: {result.resume_command}")
         return result
-
-    # -- what the run says about itself ----------------------------------------------
-
-    def resume_command(self) -> str:
-        if self.ctx.distributed and os.environ.get(distributed.INIT_METHOD_ENV) is None:
-            return "relaunch the same torchrun command with --resume"
-        # Everything else that shapes the run is restored from the checkpoint.
-        parts = ["flashsim", "train", self.config.object, "--data", str(self.store)]
-        parts += ["--out", str(self.out), "--resume"]
-        if self.ctx.distributed:
-            parts += ["--nproc", str(self.ctx.world_size)]
-        return shlex.join(parts)
-
-    def describe(self) -> str:
-        cfg, fc, hp = self.config, self.flow_config, self.hp
-        lines = [
-            f"flashsim {__version__}: training {cfg.object} from {self.store} "
-            f"({self.train_loader.n_rows} train / {self.val_loader.n_rows} val rows, loader "
-            f"{self.train_loader.kind})",
-            f"preset {hp.preset}: {fc.num_flow_steps} flow steps, {fc.num_blocks} blocks x "
-            f"{fc.hidden_features} hidden, {fc.num_bins} bins, tail bound {fc.tail_bound}, "
-            f"{fc.activation}, batch norm {'on' if fc.batch_norm else 'off'}, dropout {fc.dropout}, "
-            f"standardized inputs {'on' if fc.standardize else 'off'}, spline engine {fc.spline}; "
-            f"{count_parameters(self.parts.flow):,} parameters",
-            f"Adam lr {hp.lr:g}, {describe_schedule(hp)}, batch "
-            f"{hp.batch_size} per process x {self.ctx.world_size} process(es), seed {hp.seed}",
-            f"device {self.device}, {torch.get_num_threads()} CPU thread(s); tf32 "
-            f"{'on' if cfg.tf32 else 'off'}, compile "
-            f"{'on' if cfg.compile else 'off'}, deterministic "
-            f"{'on' if torch.are_deterministic_algorithms_enabled() else 'off'}"
-            + (", CUDA graphs on" if cfg.cuda_graphs else "")
-            + (f", DDP over {self.ctx.world_size} ranks" if self.ctx.distributed else ""),
-        ]
-        mid = self.progress.epoch
-        if self.progress.epochs_done or mid is not None:
-            where = f"epoch {self.progress.epochs_done + 1}" + (
-                f", step {mid.steps}" if mid else ""
-            )
-            lines.append(f"resuming at {where}")
-        return "\n".join(lines)
-
-    def run_info(self) -> dict:
-        """What ``run.json`` records: the run's options (as resolved), hyperparameters,
-        flow, learning-rate cycles and environment; the same for every invocation of an
-        unchanged run."""
-        options = dataclasses.asdict(self.config)
-        for name in _NOT_IN_RUN_CONFIG:
-            options.pop(name)
-        options.update(self.run_options().to_dict(), data=self.store)
-        options.update(threads=torch.get_num_threads(), nproc=self.ctx.world_size)
-        return {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
-            "hparams": self.hp.to_dict(),
-            "lr_schedule": schedule_record(self.hp),
-            "flow_config": self.flow_config.to_dict(),
-            "store": str(self.store),
-            "device": str(self.device),
-            "world_size": self.ctx.world_size,
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "tool_version": __version__,
-            "torch_version": torch.__version__,
-        }
 
 
 @contextlib.contextmanager
