@@ -22,7 +22,7 @@ from flashsim.train.schedule import describe_schedule, schedule_record
 if TYPE_CHECKING:
     from flashsim.train.trainer import _Run
 
-_NOT_IN_RUN_CONFIG = ("resume", "stop_after_epochs", "progress", "trace")
+_NOT_IN_RUN_CONFIG: tuple[str, ...] = ("resume", "stop_after_epochs", "progress", "trace")
 _NOT_IN_RUN_CONFIG += ("preset", "epochs", "batch_size", "lr", "seed", "flow")
 """Left out of ``run.json``'s ``config``: the options of one invocation, and the
 overrides that its ``hparams`` and ``flow_config`` hold as resolved."""

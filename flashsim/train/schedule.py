@@ -17,7 +17,7 @@ checkpoints and ``run.json``), so a resumed extended run continues bit-for-bit.
 from __future__ import annotations
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from flashsim.presets import HParams
 
@@ -29,7 +29,7 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, hp: HParams) -> CosineAnne
     return CosineAnnealingLR(optimizer, T_max=end - start)
 
 
-def restart_if_due(scheduler: CosineAnnealingLR, hp: HParams, epoch: int) -> CosineAnnealingLR:
+def restart_if_due(scheduler: LRScheduler, hp: HParams, epoch: int) -> LRScheduler:
     """The schedule for 0-based ``epoch``: ``scheduler``, or at the first epoch of a new
     cycle (and only once: a restarted schedule stands at step 0) a fresh cosine over that
     cycle, starting again from the base learning rate."""

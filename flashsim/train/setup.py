@@ -109,6 +109,8 @@ def open_loaders(
     """
     import loaders
 
+    data = config.data
+    assert data is not None  # resolved (resume.resolve_config)
     common: dict[str, Any] = {
         "object": config.object,
         "kind": config.loader,
@@ -122,9 +124,7 @@ def open_loaders(
     def open_train(batch: int):
         # drop_last: a last batch of a handful of rows would make batch norm statistics
         # meaningless (and one row is an error); the next epoch reshuffles anyway.
-        return loaders.open(
-            config.data, "train", batch_size=batch, shuffle=True, drop_last=True, **common
-        )
+        return loaders.open(data, "train", batch_size=batch, shuffle=True, drop_last=True, **common)
 
     train = open_train(hp.batch_size)
     # The same store for validation (the loader resolved --data to one store).
