@@ -49,6 +49,7 @@ class Preset:
         lr: Adam learning rate at the start of the cosine schedule.
         epochs: epochs, also the cosine annealing period ``T_max``.
         batch_size: rows per optimiser step (per process under DDP).
+        monitor_every: epochs between runs of the conditioning monitor.
     """
 
     name: str
@@ -56,6 +57,7 @@ class Preset:
     lr: float
     epochs: int
     batch_size: int
+    monitor_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _paper(obj: str) -> Preset:
         num_bins=128,
         tail_bound=1.0,
     )
-    return Preset("paper", flow, lr=1e-5, epochs=600, batch_size=2048)
+    return Preset("paper", flow, lr=1e-5, epochs=600, batch_size=2048, monitor_every=5)
 
 
 def _small(obj: str) -> Preset:
@@ -186,7 +188,7 @@ def _small(obj: str) -> Preset:
         # flow fit them all within minutes
         standardize=True,
     )
-    return Preset("small", flow, lr=3e-3, epochs=5, batch_size=1024)
+    return Preset("small", flow, lr=3e-3, epochs=5, batch_size=1024, monitor_every=1)
 
 
 _MAKERS = {"paper": _paper, "small": _small}

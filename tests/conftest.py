@@ -180,6 +180,7 @@ def quick_config(store, out, **kw) -> TrainConfig:
         "progress": False,
         "tensorboard": False,
         "threads": 1,  # tiny flows: one thread is faster, and immune to a busy machine
+        "monitor_every": 0,  # the conditioning monitor has its own tests (test_monitor)
     }
     opts.update(kw)
     return TrainConfig("jets", **opts)

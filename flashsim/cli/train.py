@@ -18,7 +18,7 @@ from flashsim.flow_config import ACTIVATIONS
 from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
 from flashsim.store import LOADER_KINDS
-from flashsim.train.config import TrainConfig
+from flashsim.train.config import BEST_BY, TrainConfig
 
 
 @click.command("train")
@@ -114,6 +114,22 @@ from flashsim.train.config import TrainConfig
 @count_option(
     "--threads",
     help="CPU threads for torch (small flows on a busy CPU: try 1).  [default: torch's]",
+)
+@count_option(
+    "--monitor-every",
+    minimum=0,
+    help="Run the conditioning monitor (ΔNLL, PIT KS, ΔAUC, profile χ² on a fixed val subset) "
+    "every K epochs and after the last; 0: off.  [default: 1 for small, 5 for paper]",
+)
+@count_option(
+    "--monitor-rows", help="Rows of the monitor's fixed validation subset.  [default: 20000]"
+)
+@click.option(
+    "--best-by",
+    type=BEST_BY.click_choice(),
+    default=None,
+    help="What best.pt is: lowest validation loss (nll) or lowest conditioning score of the "
+    "monitor (docs/training.md).  [default: nll]",
 )
 @progress_option("Progress bar.")
 @click.option(

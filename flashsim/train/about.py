@@ -42,6 +42,9 @@ def run_options(run: _Run) -> RunOptions:
         tensorboard=bool(cfg.tensorboard),
         num_workers=int(cfg.num_workers or 0),
         check_every=int(cfg.check_every or 1),
+        monitor_rows=int(cfg.monitor_rows or 0),
+        best_by=str(cfg.best_by),
+        monitor_every=int(cfg.monitor_every or 0),
     )
 
 
@@ -80,6 +83,11 @@ def describe(run: _Run) -> str:
         + (", CUDA graphs on" if cfg.cuda_graphs else "")
         + (f", DDP over {ctx.world_size} ranks" if ctx.distributed else ""),
     ]
+    if cfg.monitor_every:
+        lines.append(
+            f"conditioning monitor every {cfg.monitor_every} epoch(s) on {cfg.monitor_rows:,} "
+            f"val rows; best.pt by {cfg.best_by}"
+        )
     mid = run.progress.epoch
     if run.progress.epochs_done or mid is not None:
         where = f"epoch {run.progress.epochs_done + 1}" + (f", step {mid.steps}" if mid else "")

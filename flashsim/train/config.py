@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from flashsim.options import Choices
 from flashsim.presets import PresetName
 from flashsim.store import LoaderKind
 
-__all__ = ["TrainConfig", "TrainResult"]
+__all__ = ["BEST_BY", "MONITOR_ROWS", "TrainConfig", "TrainResult"]
+
+BestBy = Literal["nll", "conditioning"]
+BEST_BY: Choices[BestBy] = Choices.of("best-by", BestBy)
+"""What ``best.pt`` means (``flashsim train --best-by``; :mod:`flashsim.train.monitor`)."""
+MONITOR_ROWS = 20_000
+"""Default size of the conditioning monitor's fixed validation subset (rows)."""
 
 
 @dataclass
@@ -55,6 +63,12 @@ class TrainConfig:
             DDP, agree on a stop request); default 20.
         progress: show a tqdm progress bar (rank 0).
         tensorboard: write TensorBoard event files (default on).
+        monitor_every: run the conditioning monitor every K epochs and after the last
+            (:mod:`flashsim.train.monitor`; 0: off; default: the preset's, 1 for small,
+            5 for paper).
+        monitor_rows: rows of the fixed validation subset it uses (default 20 000).
+        best_by: what ``best.pt`` is: ``"nll"`` (lowest validation loss, default) or
+            ``"conditioning"`` (lowest conditioning score of the monitor).
         trace: diagnostics for tests and debugging: write per-step row fingerprints and a
             parameter checksum per rank to ``out/trace/`` (slow; small runs only).
     """
@@ -84,6 +98,9 @@ class TrainConfig:
     check_every: int | None = None
     progress: bool = True
     tensorboard: bool | None = None
+    monitor_every: int | None = None
+    monitor_rows: int | None = None
+    best_by: BestBy | None = None
     trace: bool = False
 
     @property

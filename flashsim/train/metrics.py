@@ -13,15 +13,21 @@ log-likelihood per row, nats), ``lr``, ``rows`` (training rows seen, all ranks),
 blocked waiting for the loader), ``compute_s`` (forward + backward + optimiser step:
 CPU wall time, or GPU time from CUDA events), ``host_s`` (the rest:
 ``epoch_s - data_wait_s - compute_s``, floored at 0), ``data_wait_frac``,
-``samples_per_s`` (rows/s, all ranks), ``val_s``.
+``samples_per_s`` (rows/s, all ranks), ``val_s``; after the epochs the conditioning
+monitor measured (:mod:`flashsim.train.monitor`) also its keys (``delta_nll``,
+``pit_ks_max``/``pit_ks_floor``, ``max_delta_auc``/``…_floor``,
+``profile_chi2_ndf_max``/``…_floor``, ``conditioning_score``, ``monitor_s``; TensorBoard
+tags ``conditioning/<key>``), shown in the lower panel of ``loss.png``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flashsim.outputs import atomic_output, strict_json, write_text_atomic
 
@@ -43,8 +49,46 @@ _SCALARS = (
 )
 
 
+_MONITOR_SCALARS = (
+    "delta_nll",
+    "pit_ks_max",
+    "pit_ks_floor",
+    "max_delta_auc",
+    "max_delta_auc_floor",
+    "profile_chi2_ndf_max",
+    "profile_chi2_ndf_floor",
+    "conditioning_score",
+    "monitor_s",
+)
+_RATIOS = (
+    ("PIT KS", "pit_ks_max", "pit_ks_floor"),
+    ("ΔAUC", "max_delta_auc", "max_delta_auc_floor"),
+    ("profile χ²/ndf", "profile_chi2_ndf_max", "profile_chi2_ndf_floor"),
+)
+
+
+def _plot_conditioning(ax: Any, history: Sequence[dict]) -> None:
+    """The monitor's panel: each check over its floor, the combined score, and ΔNLL."""
+    monitored = [r for r in history if "conditioning_score" in r]
+    epochs = [r["epoch"] for r in monitored]
+    for label, value, floor in _RATIOS:
+        ratios = [r[value] / r[floor] if r[floor] else math.nan for r in monitored]
+        ax.plot(epochs, ratios, ".-", ms=3, label=label)
+    ax.plot(epochs, [r["conditioning_score"] for r in monitored], "k-", lw=2, label="score")
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("check / its floor")
+    ax.grid(alpha=0.3)
+    nll = ax.twinx()
+    nll.plot(epochs, [r["delta_nll"] for r in monitored], "m--", lw=1)
+    nll.set_ylabel("ΔNLL [nats/row] (dashed)", color="m")
+    ax.legend(fontsize="small", ncol=2)
+
+
 def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
-    """Write the loss-curve PNG (train and validation NLL per epoch) atomically."""
+    """Write the loss-curve PNG (train and validation NLL per epoch, and the conditioning
+    monitor's panel when it ran) atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -52,7 +96,9 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
 
     path = Path(path)
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    panels = 2 if any("conditioning_score" in r for r in history) else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(6.4, 4.2 * panels), dpi=100, squeeze=False)
+    ax = axes[0, 0]
     try:
         ax.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
         ax.plot(epochs, [r["val_loss"] for r in history], "s-", ms=3, label="validation")
@@ -65,6 +111,8 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
         ax.set_ylabel("negative log-likelihood per row [nats]")
         ax.grid(alpha=0.3)
         ax.legend()
+        if panels == 2:
+            _plot_conditioning(axes[1, 0], history)
         fig.tight_layout()
         with atomic_output(path, overwrite=True) as tmp:
             fig.savefig(tmp, format="png")
@@ -123,6 +171,9 @@ class MetricsLogger:
             for key in _SCALARS:
                 if key in record:
                     self._tb.add_scalar(key, record[key], record["epoch"])
+            for key in _MONITOR_SCALARS:
+                if key in record:
+                    self._tb.add_scalar(f"conditioning/{key}", record[key], record["epoch"])
             self._tb.flush()
         plot_losses(history, self.out_dir / LOSS_PLOT)
 

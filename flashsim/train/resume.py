@@ -18,16 +18,18 @@ from typing import Any
 
 from flashsim.checkpoint import Checkpoint
 from flashsim.errors import FlashSimError
+from flashsim.presets import DEFAULT_PRESET, get_preset
 from flashsim.store import DEFAULT_DATA_DIR
 from flashsim.train import distributed
-from flashsim.train.config import TrainConfig
+from flashsim.train.config import BEST_BY, MONITOR_ROWS, TrainConfig
 
 __all__ = ["SETTINGS", "SHAPING", "RunOptions", "resolve_config"]
 
 SHAPING = ("loader", "device", "deterministic", "tf32", "compile", "max_steps_per_epoch")
-"""Options (besides the hyperparameters) that change what the run computes: restored
-from the checkpoint when left out, refused when changed."""
-SETTINGS = ("checkpoint_every", "tensorboard", "num_workers", "check_every")
+SHAPING += ("monitor_rows", "best_by")
+"""Options (besides the hyperparameters) that change what the run computes or what its
+records mean: restored from the checkpoint when left out, refused when changed."""
+SETTINGS = ("checkpoint_every", "tensorboard", "num_workers", "check_every", "monitor_every")
 """Options that change only what the run writes or how fast: restored when left out."""
 
 NEW_RUN_DEFAULTS: dict[str, Any] = {
@@ -38,6 +40,8 @@ NEW_RUN_DEFAULTS: dict[str, Any] = {
     "tensorboard": True,
     "num_workers": 0,
     "check_every": 20,
+    "monitor_rows": MONITOR_ROWS,
+    "best_by": "nll",
 }
 """What a new run uses for the :class:`TrainConfig` fields left at ``None``."""
 
@@ -56,7 +60,9 @@ class RunOptions:
         device: the device type (``"cpu"`` or ``"cuda"``).
         deterministic, tf32, compile: the numerics options.
         max_steps_per_epoch: the step cap (``None``: whole epochs).
-        checkpoint_every, tensorboard, num_workers, check_every: :data:`SETTINGS`.
+        monitor_rows, best_by: the conditioning monitor's subset, what ``best.pt`` is.
+        checkpoint_every, tensorboard, num_workers, check_every, monitor_every:
+            :data:`SETTINGS`.
     """
 
     loader: str
@@ -69,6 +75,9 @@ class RunOptions:
     tensorboard: bool
     num_workers: int
     check_every: int
+    monitor_rows: int
+    best_by: str
+    monitor_every: int
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,4 +171,18 @@ def resolve_config(config: TrainConfig, saved: Checkpoint | None) -> TrainConfig
     for name, default in NEW_RUN_DEFAULTS.items():
         if changes.get(name, getattr(config, name)) is None:
             changes[name] = default
-    return dataclasses.replace(config, **changes)
+    if changes.get("monitor_every", config.monitor_every) is None:
+        preset = saved.hparams.preset if saved and saved.hparams else config.preset
+        changes["monitor_every"] = get_preset(preset or DEFAULT_PRESET, config.object).monitor_every
+    resolved = dataclasses.replace(config, **changes)
+    _check_monitor(resolved)
+    return resolved
+
+
+def _check_monitor(config: TrainConfig) -> None:
+    BEST_BY.normalize(config.best_by)
+    if config.best_by == "conditioning" and not config.monitor_every:
+        raise FlashSimError(
+            "--best-by conditioning picks best.pt by the conditioning monitor, which "
+            "--monitor-every 0 turns off; pass --monitor-every K (K > 0) or --best-by nll."
+        )

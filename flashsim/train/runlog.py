@@ -19,6 +19,17 @@ RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 
 
+def _monitor_note(record: dict) -> str:
+    """The conditioning monitor's part of an epoch's log line ('' when it did not run)."""
+    if "conditioning_score" not in record:
+        return ""
+    return (
+        f"  conditioning score {record['conditioning_score']:.3g} (ΔNLL "
+        f"{record['delta_nll']:.3g}, PIT KS {record['pit_ks_max']:.3g}/"
+        f"{record['pit_ks_floor']:.3g}; {record['monitor_s']:.1f} s)"
+    )
+
+
 class RunLog:
     """Context manager: attaches ``train.log`` to the ``flashsim.train`` logger and opens
     the metrics files; on exit records a :class:`FlashSimError` in ``train.log`` (the
@@ -67,6 +78,7 @@ class RunLog:
                 f"lr {record['lr']:.3g}  {record['samples_per_s']:,.0f} rows/s  data wait "
                 f"{100 * record['data_wait_frac']:.0f}%  compute "
                 f"{100 * record['compute_s'] / max(record['epoch_s'], 1e-12):.0f}%"
+                + _monitor_note(record)
             )
 
     def __exit__(self, kind, error, traceback) -> None:

@@ -52,6 +52,7 @@ from flashsim.train.loop import (
     NonFiniteLossError,
     Trainable,
 )
+from flashsim.train.monitor import ConditioningMonitor, is_best, is_due
 from flashsim.train.resume import resolve_config
 from flashsim.train.runlog import RunLog
 from flashsim.train.schedule import cosine_schedule, restart_if_due
@@ -105,6 +106,11 @@ class _Run:
         if saved is not None:
             self.checkpoints.check_resumable(saved, self.store, self.meta, cfg.loader)
         self.parts = self._build(saved)
+        self.monitor = (
+            ConditioningMonitor(self.store, self.meta, self.layout, cfg.monitor_rows, hp.seed)
+            if cfg.monitor_every and cfg.monitor_rows and self.ctx.is_main
+            else None
+        )
         if self.progress.loader_state is not None:
             # Refused now, before anything is written, if the batch order would differ
             # (applied again, identically, when the epoch starts).
@@ -238,15 +244,18 @@ class _Run:
                     return "interrupted"
                 val_loss, val_s = self.loop.validate(epoch)
                 record = self.loop.record(epoch, acc, val_loss, val_s, lr)
+                if self.monitor and is_due(epoch + 1, int(self.config.monitor_every or 0), epochs):
+                    record.update(self.monitor.measure(self.parts.flow))
                 self.parts.scheduler.step()
+                best = is_best(
+                    record, progress.history, progress.best_val, str(self.config.best_by)
+                )
                 progress.history.append(record)
                 progress.epochs_done = epoch + 1
                 progress.epoch = None
-                is_best = val_loss < progress.best_val
-                if is_best:
-                    progress.best_val = val_loss
-                self.save(mid_epoch=False, is_best=is_best)
-                runlog.epoch(record, progress.history, epochs, is_best)
+                progress.best_val = min(progress.best_val, val_loss)
+                self.save(mid_epoch=False, is_best=best)
+                runlog.epoch(record, progress.history, epochs, best)
                 ran += 1
                 (stop_now,) = self.loop.agree(stop.requested)
                 if stop_now and progress.epochs_done < epochs:
