@@ -187,8 +187,8 @@ def train(obj: str, **opts) -> None:
         sys.exit(130 if result.status == "interrupted" else 0)
     if result.status == "completed":
         click.echo(
-            f"Done: {result.epochs_done} epochs, best validation loss {result.best_val_loss:.4f} "
-            f"({result.best_checkpoint}); metrics in {result.out}."
+            f"Done: {result.epochs_done} epochs, best validation loss {result.best_val_loss:.4f}; "
+            f"best.pt by {result.best_by}: {result.best_checkpoint}; metrics in {result.out}."
         )
     elif result.status == "paused":
         click.echo(

@@ -123,6 +123,7 @@ class TrainResult:
         best_val_loss: its validation loss.
         resume_command: the command that continues this run (unless completed).
         rank: the process that returned this result (0 unless under torchrun).
+        best_by: what ``best_checkpoint`` is the best by (``"nll"`` or ``"conditioning"``).
     """
 
     out: Path
@@ -134,3 +135,4 @@ class TrainResult:
     best_val_loss: float
     resume_command: str | None = None
     rank: int = 0
+    best_by: str = "nll"

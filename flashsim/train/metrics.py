@@ -105,7 +105,11 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
         if history:
             best = min(history, key=lambda r: r["val_loss"])
             ax.axvline(
-                best["epoch"], color="grey", ls=":", lw=1, label=f"best (epoch {best['epoch']})"
+                best["epoch"],
+                color="grey",
+                ls=":",
+                lw=1,
+                label=f"lowest val loss (epoch {best['epoch']})",
             )
         ax.set_xlabel("epoch")
         ax.set_ylabel("negative log-likelihood per row [nats]")

@@ -277,6 +277,7 @@ class _Run:
             best_val_loss=self.progress.best_val,
             resume_command=None if status == "completed" else resume_command(self),
             rank=self.ctx.rank,
+            best_by=str(self.config.best_by),
         )
         if self.ctx.is_main and status != "completed":
             mid = self.progress.epoch
