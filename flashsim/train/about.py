@@ -85,8 +85,9 @@ def describe(run: _Run) -> str:
     ]
     if cfg.monitor_every:
         lines.append(
-            f"conditioning monitor every {cfg.monitor_every} epoch(s) on {cfg.monitor_rows:,} "
-            f"val rows; best.pt by {cfg.best_by}"
+            f"conditioning monitor every {cfg.monitor_every} epoch(s) on "
+            f"{min(int(cfg.monitor_rows or 0), run.val_loader.n_rows):,} val rows; best.pt "
+            f"by {cfg.best_by}"
         )
     mid = run.progress.epoch
     if run.progress.epochs_done or mid is not None:
