@@ -25,8 +25,8 @@ from flashsim.train.config import BEST_BY, MONITOR_ROWS, TrainConfig
 
 __all__ = ["SETTINGS", "SHAPING", "RunOptions", "resolve_config"]
 
-SHAPING = ("loader", "device", "deterministic", "tf32", "compile", "max_steps_per_epoch")
-SHAPING += ("monitor_rows", "best_by")
+SHAPING: tuple[str, ...] = ("loader", "device", "deterministic", "tf32", "compile")
+SHAPING += ("max_steps_per_epoch", "monitor_rows", "best_by")
 """Options (besides the hyperparameters) that change what the run computes or what its
 records mean: restored from the checkpoint when left out, refused when changed."""
 SETTINGS = ("checkpoint_every", "tensorboard", "num_workers", "check_every", "monitor_every")
