@@ -202,6 +202,7 @@ def toy(tmp_path_factory):
     for name, data in (("good", store), ("blind", blind_store)):
         config = TrainConfig(
             "jets",
+            monitor_every=0,  # the monitor has its own tests (test_monitor)
             data=data,
             out=base / "runs" / name,
             preset="small",

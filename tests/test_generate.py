@@ -46,6 +46,7 @@ def workflow(tmp_path_factory):
         train(
             TrainConfig(
                 obj,
+                monitor_every=0,  # the monitor has its own tests (test_monitor)
                 data=base / "shards",
                 out=runs[obj],
                 epochs=1,

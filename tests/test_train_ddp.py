@@ -19,6 +19,8 @@ from flashsim.train import TrainConfig, train
 from flashsim.train.loop import row_fingerprints
 from pipelines.writers import write_store
 
+from conftest import read_metrics
+
 pytestmark = pytest.mark.multiprocess  # several processes: label for `-m "not multiprocess"`
 
 
@@ -44,6 +46,7 @@ def test_two_gloo_processes_split_the_data_and_stay_in_sync(tmp_path):
     result = train(
         TrainConfig(
             "jets",
+            monitor_rows=256,  # rank 0 measures while rank 1 waits at the checkpoint
             data=store,
             out=out,
             epochs=2,
@@ -90,6 +93,7 @@ def test_two_gloo_processes_split_the_data_and_stay_in_sync(tmp_path):
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert all(r["conditioning_score"] > 0 for r in read_metrics(out))  # the monitor ran
     flow, config, meta = load_model(out / "checkpoints" / "best.pt")
     assert config.num_flow_steps == 2 and meta["object"] == "jets" and not flow.training
 
@@ -108,6 +112,7 @@ def test_ctrl_c_under_nproc_2_resumes_exactly(tmp_path):
     def config(out, **kw):
         return TrainConfig(
             "jets",
+            monitor_every=0,  # the monitor has its own tests (test_monitor)
             data=store,
             out=out,
             epochs=2,

@@ -59,6 +59,7 @@ def setup(tmp_path_factory):
     def run(name: str, **kw) -> None:
         config = TrainConfig(
             "jets",
+            monitor_every=0,  # the monitor has its own tests (test_monitor)
             data=base / "shards",
             out=base / "runs" / name,
             batch_size=512,
