@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flashsim.outputs import atomic_output, strict_json, write_text_atomic
+from flashsim.train.monitor import RECORD_KEYS
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -49,17 +50,6 @@ _SCALARS = (
 )
 
 
-_MONITOR_SCALARS = (
-    "delta_nll",
-    "pit_ks_max",
-    "pit_ks_floor",
-    "max_delta_auc",
-    "max_delta_auc_floor",
-    "profile_chi2_ndf_max",
-    "profile_chi2_ndf_floor",
-    "conditioning_score",
-    "monitor_s",
-)
 _RATIOS = (
     ("PIT KS", "pit_ks_max", "pit_ks_floor"),
     ("ΔAUC", "max_delta_auc", "max_delta_auc_floor"),
@@ -175,7 +165,7 @@ class MetricsLogger:
             for key in _SCALARS:
                 if key in record:
                     self._tb.add_scalar(key, record[key], record["epoch"])
-            for key in _MONITOR_SCALARS:
+            for key in RECORD_KEYS:
                 if key in record:
                     self._tb.add_scalar(f"conditioning/{key}", record[key], record["epoch"])
             self._tb.flush()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from nflows.flows import Flow
 
+from flashsim.conditioning.monitor import MONITOR_KEYS
 from flashsim.layouts import Layout
 
 SCORE = "conditioning_score"
@@ -34,6 +35,8 @@ SCORED = (
     ("profile_chi2_ndf_max", "profile_chi2_ndf_floor"),
 )
 """The ``(value, floor)`` pairs of the combined score."""
+RECORD_KEYS = (*MONITOR_KEYS, SCORE, "monitor_s")
+"""What the monitor adds to an epoch's metrics record."""
 RATIO_MIN = 0.01
 """Ratios below this count as this (a check at 0 would make the geometric mean 0)."""
 
