@@ -37,6 +37,7 @@ def run_options(run: _Run) -> RunOptions:
         deterministic=torch.are_deterministic_algorithms_enabled(),
         tf32=bool(cfg.tf32),
         compile=bool(cfg.compile),
+        cuda_graphs=bool(cfg.cuda_graphs),
         max_steps_per_epoch=cfg.max_steps_per_epoch,
         checkpoint_every=int(cfg.checkpoint_every or 0),
         tensorboard=bool(cfg.tensorboard),

@@ -25,7 +25,7 @@ from flashsim.train.config import BEST_BY, MONITOR_ROWS, TrainConfig
 
 __all__ = ["SETTINGS", "SHAPING", "RunOptions", "resolve_config"]
 
-SHAPING: tuple[str, ...] = ("loader", "device", "deterministic", "tf32", "compile")
+SHAPING: tuple[str, ...] = ("loader", "device", "deterministic", "tf32", "compile", "cuda_graphs")
 SHAPING += ("max_steps_per_epoch", "monitor_rows", "best_by")
 """Options (besides the hyperparameters) that change what the run computes or what its
 records mean: restored from the checkpoint when left out, refused when changed."""
@@ -36,6 +36,7 @@ NEW_RUN_DEFAULTS: dict[str, Any] = {
     "data": DEFAULT_DATA_DIR,
     "tf32": False,
     "compile": False,
+    "cuda_graphs": False,
     "checkpoint_every": 0,
     "tensorboard": True,
     "num_workers": 0,
@@ -58,7 +59,7 @@ class RunOptions:
     Attributes:
         loader: the loader kind the run read with (``"auto"`` resolved).
         device: the device type (``"cpu"`` or ``"cuda"``).
-        deterministic, tf32, compile: the numerics options.
+        deterministic, tf32, compile, cuda_graphs: the numerics options.
         max_steps_per_epoch: the step cap (``None``: whole epochs).
         monitor_rows, best_by: the conditioning monitor's subset, what ``best.pt`` is.
         checkpoint_every, tensorboard, num_workers, check_every, monitor_every:
@@ -70,6 +71,7 @@ class RunOptions:
     deterministic: bool
     tf32: bool
     compile: bool
+    cuda_graphs: bool
     max_steps_per_epoch: int | None
     checkpoint_every: int
     tensorboard: bool

@@ -153,8 +153,8 @@ class _Run:
             optimizer,
             self.device,
             spline=self.flow_config.spline,
-            compile=self.config.compile,
-            cuda_graphs=self.config.cuda_graphs,
+            compile=bool(self.config.compile),
+            cuda_graphs=bool(self.config.cuda_graphs),
             distributed=self.ctx.distributed,
         )
         return Trainable(flow, model, optimizer, scheduler, step)
