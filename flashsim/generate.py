@@ -50,8 +50,10 @@ from flashsim.errors import FlashSimError, InputError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
 from flashsim.kinematics import MUON_MASS, wrap_phi
 from flashsim.layouts import Layout
+from flashsim.noise import noise_block
 from flashsim.options import FINAL_STATE
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
+from flashsim.safe_sampling import DEFAULT_MAX_REDRAWS, SampleCounts, draw_targets
 from flashsim.sampling import TrainedFlow
 from pipelines.branches import (
     GENJET_VALUE_BRANCHES,
@@ -71,6 +73,12 @@ COLLECTION_OF = {"jets": "Jet", "muons": "Muon"}
 """Output collection of each object."""
 """GeV (PDG 2024)."""
 ID_BRANCHES = ("run", "luminosityBlock", "event")
+EVENT_INDEX_BRANCH = "FlashSim_eventIndex"
+"""uint64: position of the original generator-level event among all events of the inputs
+of the output file, in input order (0-based; for one input, its entry number). The K
+copies of an event (``--oversample K``) share it."""
+FOLD_BRANCH = "FlashSim_fold"
+"""int32: which of the K copies of its event a row is, ``0 .. K-1`` (always 0 for K = 1)."""
 _GENPART_FIELDS = ("pt", "eta", "phi", "pdgId", "status", "statusFlags")
 
 
@@ -86,6 +94,9 @@ class GenerateSummary:
             conditioning was not finite (e.g. a GenJet of zero pT), per object.
         seconds: wall time.
         models: checkpoint used per object.
+        oversample: copies written per input event (K); ``events`` is K times the input's.
+        samples: per object, the objects redrawn or clipped per target column
+            (:class:`flashsim.safe_sampling.SampleCounts`).
     """
 
     out: Path
@@ -94,6 +105,8 @@ class GenerateSummary:
     skipped: dict[str, int]
     seconds: float
     models: dict[str, str] = field(default_factory=dict)
+    oversample: int = 1
+    samples: dict[str, SampleCounts] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -181,32 +194,86 @@ def _counts(array) -> np.ndarray:
     return np.asarray(ak.num(array, axis=1), dtype=np.int64)
 
 
-def _simulate(model: TrainedFlow, ev: Mapping, gen_muons: str, seed: int) -> tuple[Collection, int]:
-    """Sample one reconstructed object per gen-level object of one step."""
-    obj = model.object
+def repeat_events(counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each event ``k`` times in a row (event 0 ``k`` times, then event 1, ...): the
+    repeated events' object counts and, per repeated object, its index in the original
+    flat arrays."""
+    out_counts = np.repeat(counts, k)
+    starts = np.repeat(np.cumsum(counts) - counts, k)
+    out_starts = np.cumsum(out_counts) - out_counts
+    take = np.repeat(starts - out_starts, out_counts) + np.arange(int(out_counts.sum()))
+    return out_counts, take
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """Where one step's objects sit in their file's noise stream (:mod:`flashsim.noise`):
+    the key ``(seed, file, object)`` and the position of the step's first gen object."""
+
+    seed: int
+    file_index: int
+    first_object: int
+    oversample: int
+    step_seed: int  # of the conditioning's preprocessing (its chains draw nothing today)
+
+
+def _noise(model: TrainedFlow, stream: _Stream, n_gen: int, positions: np.ndarray):
+    """``noise(attempt)``: the base noise of the repeated objects at ``positions`` (gen
+    object position times K plus fold, relative to the step's first gen object)."""
+    key = (stream.seed, stream.file_index, OBJECTS.index(model.object))
+    k = stream.oversample
+
+    def draw(attempt: int) -> np.ndarray:
+        block = noise_block(
+            (*key, attempt), stream.first_object * k, n_gen * k, model.layout.n_targets
+        )
+        return block[positions]
+
+    return draw
+
+
+@dataclass
+class _Simulated:
+    """One object's collection of one step and what happened on the way."""
+
+    collection: Collection
+    n_gen: int  # gen-level objects of the step (the next step's first position)
+    skipped: int
+    samples: SampleCounts
+
+
+def _simulate(
+    model: TrainedFlow, ev: Mapping, gen_muons: str, stream: _Stream, max_redraws: int
+) -> _Simulated:
+    """Sample ``stream.oversample`` reconstructed objects per gen-level object of one step,
+    one per copy of its event (copies of an event consecutive)."""
+    obj, k = model.object, stream.oversample
     gen = GEN_CONDITIONING[obj](ev, gen_muons)
     finite = np.isfinite(gen.rows).all(axis=1)
-    rows, index = gen.rows[finite], gen.index[finite]
     event = np.repeat(np.arange(len(gen.counts)), gen.counts)[finite]
-    counts = np.bincount(event, minlength=len(gen.counts))
-    conditioning = model.preprocess_conditioning(rows, seed=seed)
-    targets = model.to_physical(model.sample(conditioning, seed=seed))
+    counts, take = repeat_events(np.bincount(event, minlength=len(gen.counts)), k)
+    fold = np.repeat(np.tile(np.arange(k), len(gen.counts)), counts)
+    position = np.flatnonzero(finite)[take] * k + fold
+    rows, index = gen.rows[finite][take], gen.index[finite][take]
+    conditioning = model.preprocess_conditioning(rows, seed=stream.step_seed)
+    noise = _noise(model, stream, len(gen.rows), position)
+    targets, samples = draw_targets(model, conditioning, noise, max_redraws)
     if obj == "jets":
         fields = reco_jets(model.layout, rows, targets)
         fields["genJetIdx"] = index
     else:
         n_parts = _counts(ev["GenPart_pt"])
         starts = np.cumsum(n_parts) - n_parts
-        pdg_id = _flat(ev["GenPart_pdgId"])[starts[event] + index]
+        pdg_id = _flat(ev["GenPart_pdgId"])[starts[event[take]] + index]
         fields = reco_muons(model.layout, rows, targets, pdg_id)
         fields["genPartIdx"] = index
-    collection = COLLECTION_OF[obj]
-    fields = _typed(collection, _sort_by_pt(counts, fields))
-    return Collection(counts, fields), int((~finite).sum())
+    fields = _typed(COLLECTION_OF[obj], _sort_by_pt(counts, fields))
+    return _Simulated(Collection(counts, fields), len(gen.rows), int((~finite).sum()), samples)
 
 
-def _gen_collections(ev: Mapping) -> dict[str, Collection]:
-    """The generator-level collections read, copied with their NanoAOD types."""
+def _gen_collections(ev: Mapping, k: int) -> dict[str, Collection]:
+    """The generator-level collections read, copied with their NanoAOD types (each event
+    ``k`` times)."""
     out = {}
     for name, fields in (
         ("GenJet", [b.removeprefix("GenJet_") for b in GENJET_VALUE_BRANCHES.values()]),
@@ -214,13 +281,14 @@ def _gen_collections(ev: Mapping) -> dict[str, Collection]:
     ):
         present = [f for f in fields if f"{name}_{f}" in ev]
         if present:
-            counts = _counts(ev[f"{name}_{present[0]}"])
-            values = {f: _flat(ev[f"{name}_{f}"]) for f in present}
+            counts, take = repeat_events(_counts(ev[f"{name}_{present[0]}"]), k)
+            values = {f: _flat(ev[f"{name}_{f}"])[take] for f in present}
             out[name] = Collection(counts, _typed(name, values))
     return out
 
 
-def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int) -> dict:
+def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int, k: int) -> dict:
+    """The event-level branches, each event ``k`` times, with the oversampling branches."""
     out = {}
     for name in ID_BRANCHES:
         if name in raw:
@@ -230,6 +298,10 @@ def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int) -> dict
     for name, dtype in EVENT_BRANCHES.items():
         if name.startswith("Pileup_") and name in ev:
             out[name] = np.asarray(ev[name]).astype(dtype, copy=False)
+    out = {name: np.repeat(values, k) for name, values in out.items()}
+    index = np.arange(first_event, first_event + n_events, dtype=np.uint64)
+    out[EVENT_INDEX_BRANCH] = np.repeat(index, k)
+    out[FOLD_BRANCH] = np.tile(np.arange(k, dtype=np.int32), n_events)
     return out
 
 
@@ -281,39 +353,77 @@ def _jet_gen_muons(models: Mapping[str, TrainedFlow]) -> str:
     return jets.metadata.get("options", {}).get("gen_muons", FINAL_STATE)
 
 
+@dataclass
+class _Tally:
+    """What the steps did so far, per object: gen objects skipped, bad samples."""
+
+    skipped: dict[str, int]
+    samples: dict[str, SampleCounts]
+
+    @classmethod
+    def of(cls, objects: Iterable[str]) -> _Tally:
+        return cls({o: 0 for o in objects}, {o: SampleCounts() for o in objects})
+
+
 def _chunks(
     planned: list[_Input],
     models: Mapping[str, TrainedFlow],
     gen_muons: str,
-    seed: int,
-    step_events: int,
-    skipped: dict[str, int],
+    run: _Run,
+    tally: _Tally,
 ) -> Iterator[EventChunk]:
     first_event = 0
     for inp in planned:
         reads = [*inp.plan.reads, *inp.ids]
-        for step, n_events, arrays in iterate_steps(inp.path, reads, 0, inp.n_events, step_events):
+        first_object = dict.fromkeys(models, 0)
+        steps = iterate_steps(inp.path, reads, 0, inp.n_events, run.step_events)
+        for step, n_events, arrays in steps:
             ev = materialize(arrays, inp.plan, n_events)
-            collections = _gen_collections(ev)
+            collections = _gen_collections(ev, run.oversample)
             for obj, model in models.items():
                 definition = gen_muons if obj == "jets" else FINAL_STATE
-                coll, bad = _simulate(model, ev, definition, _step_seed(seed, inp.index, step, obj))
-                collections[COLLECTION_OF[obj]] = coll
-                skipped[obj] += bad
-            yield EventChunk(_scalars(ev, arrays, n_events, first_event), collections)
+                stream = _Stream(
+                    run.seed,
+                    inp.index,
+                    first_object[obj],
+                    run.oversample,
+                    _step_seed(run.seed, inp.index, step, obj),
+                )
+                sim = _simulate(model, ev, definition, stream, run.max_redraws)
+                collections[COLLECTION_OF[obj]] = sim.collection
+                first_object[obj] += sim.n_gen
+                tally.skipped[obj] += sim.skipped
+                tally.samples[obj].add(sim.samples)
+            scalars = _scalars(ev, arrays, n_events, first_event, run.oversample)
+            yield EventChunk(scalars, collections)
             first_event += n_events
         close_cached()
 
 
-def _check_request(paths, step_events: int, out: Path, overwrite: bool, compression: str) -> None:
-    """Fail before any work: no model, a bad step, an existing ``out``, a bad codec."""
+@dataclass(frozen=True)
+class _Run:
+    """The options that fix what is sampled."""
+
+    seed: int
+    step_events: int
+    oversample: int
+    max_redraws: int
+
+
+def _check_request(paths, run: _Run, out: Path, overwrite: bool, compression: str) -> None:
+    """Fail before any work: no model, a bad option, an existing ``out``, a bad codec."""
     if all(p is None for p in paths.values()):
         raise FlashSimError(
             "Nothing to generate: give a trained jets model, a muons model or both "
             "(--jets runs/jets --muons runs/muons; `flashsim train jets` writes runs/jets)."
         )
-    if step_events < 1:
-        raise FlashSimError(f"step_events must be at least 1, not {step_events}.")
+    for name, value, least in (
+        ("step_events", run.step_events, 1),
+        ("oversample", run.oversample, 1),
+        ("max_redraws", run.max_redraws, 0),
+    ):
+        if value < least:
+            raise FlashSimError(f"{name} must be at least {least}, not {value}.")
     check_output(out, overwrite)
     parse_compression(compression)
 
@@ -346,6 +456,8 @@ def generate(
     device: str = "auto",
     spline: str | None = None,
     step_events: int = DEFAULT_STEP_EVENTS,
+    oversample: int = 1,
+    max_redraws: int = DEFAULT_MAX_REDRAWS,
     branch_map: Mapping[str, str | float] | None = None,
     compression: str = DEFAULT_COMPRESSION,
     overwrite: bool = False,
@@ -358,11 +470,16 @@ def generate(
         out: the ROOT file to write (``Events`` tree), atomically.
         jets: a jets run directory (``runs/jets``) or checkpoint; ``None``: no jets.
         muons: the same for muons. At least one of the two.
-        seed: same inputs, models, seed, step_events and device: same output.
+        seed: same inputs, models, seed, oversample and device: same output, whatever
+            ``step_events`` (every object's noise has its own place in its file's stream).
         device: where the flows run: ``auto`` (CUDA if available), ``cpu``, ``cuda``.
         spline: sample with this spline engine (``fused``/``nflows``) instead of each
             checkpoint's own; the weights are the same.
         step_events: events read, simulated and written per step (bounds memory).
+        oversample: K, copies written per input event, each with its own flow samples
+            (see ``docs/generate.md``: weight 1/K, ``FlashSim_eventIndex``, ``FlashSim_fold``).
+        max_redraws: redraws of an object with a non-finite or out-of-range sample before
+            its bad targets are clipped (:mod:`flashsim.safe_sampling`).
         branch_map: input branch substitutions, as ``prep --branch``.
         compression: ``lz4`` (default), ``zstd``, ``zlib``, ``lzma``, ``none``, or ``NAME:LEVEL``.
         overwrite: replace ``out`` if it exists.
@@ -375,7 +492,8 @@ def generate(
     start = time.perf_counter()
     paths = {"jets": jets, "muons": muons}
     out = Path(out)
-    _check_request(paths, step_events, out, overwrite, compression)
+    run = _Run(seed, step_events, oversample, max_redraws)
+    _check_request(paths, run, out, overwrite, compression)
     models = _load_models(paths, device, spline)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
@@ -384,32 +502,46 @@ def generate(
         raise InputError(
             f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
         )
-    provenance = {
-        "tool": f"flashsim {__version__}",
-        "models": {o: str(m.checkpoint) for o, m in models.items()},
-        "seed": seed,
-        "spline": {o: m.config.spline for o, m in models.items()},
-        "jets_gen_muons": gen_muons,
-        "inputs": [str(i.path) for i in planned],
-    }
-    skipped = dict.fromkeys(models, 0)
+    tally = _Tally.of(models)
     with tqdm(
         total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
     ) as bar:
         counts = write_events(
             out,
-            _chunks(planned, models, gen_muons, seed, step_events, skipped),
+            _chunks(planned, models, gen_muons, run, tally),
             overwrite=overwrite,
             compression=compression,
             expected_chunks=-(-total // step_events),
-            on_chunk=bar.update,
-            extra={"flashsim": json.dumps(provenance)},
+            on_chunk=lambda n: bar.update(n // oversample),
+            extra=lambda: {
+                "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
+            },
         )
     return GenerateSummary(
         out=out,
         events=counts.pop("events"),
         counts=counts,
-        skipped=skipped,
+        skipped=tally.skipped,
         seconds=time.perf_counter() - start,
-        models=provenance["models"],
+        models={o: str(m.checkpoint) for o, m in models.items()},
+        oversample=oversample,
+        samples=tally.samples,
     )
+
+
+def _provenance(models, run: _Run, gen_muons: str, planned, tally: _Tally) -> dict:
+    """The ``flashsim`` string of the output file: models, options, inputs, counts."""
+    return {
+        "tool": f"flashsim {__version__}",
+        "models": {o: str(m.checkpoint) for o, m in models.items()},
+        "seed": run.seed,
+        "spline": {o: m.config.spline for o, m in models.items()},
+        "oversample": run.oversample,
+        "weight": f"1/{run.oversample} per row (each input event is written oversample times)",
+        "max_redraws": run.max_redraws,
+        "jets_gen_muons": gen_muons,
+        "inputs": [str(i.path) for i in planned],
+        "skipped": dict(tally.skipped),
+        "samples": {o: c.to_dict() for o, c in tally.samples.items()},
+        "target_values": {o: m.target_values is not None for o, m in models.items()},
+    }

@@ -79,12 +79,17 @@ class Layout:
         n_conditioning: the first ``n_conditioning`` columns are the conditioning
             (generator level); the rest are the targets (reconstructed level).
         roles: what the columns mean physically (classes, gen pT/eta, taggers, ...).
+        counts: the discrete columns (:attr:`discrete`) that count something (any integer
+            of the range is valid; a value missing from a finite training set is no bit
+            pattern that full simulation cannot produce): rounded and kept in range, no
+            value set recorded (:mod:`flashsim.valid`).
     """
 
     object: str
     columns: tuple[str, ...]
     n_conditioning: int
     roles: ColumnRoles | None = None
+    counts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.roles is not None:  # every column a role names is in the layout
@@ -92,6 +97,14 @@ class Layout:
             names = (r.class_column, r.gen_pt, r.gen_eta, *r.responses, *r.discrete)
             for name in (*names, *(d.column for d in r.discriminants)):
                 self.index(name)
+        if not set(self.counts) <= set(self.discrete):
+            raise ValueError("every count column is a discrete column")
+
+    @property
+    def discrete(self) -> tuple[str, ...]:
+        """The integer-valued target columns (ids, bit fields, counts, flags); prep records
+        the value set of each one but the counts, and generation keeps to it."""
+        return self.roles.discrete if self.roles is not None else ()
 
     @property
     def n_columns(self) -> int:
@@ -212,6 +225,7 @@ JETS = Layout(
     ),
     n_conditioning=14,
     roles=JET_ROLES,
+    counts=("MJet_nConstituents",),
 )
 
 MUONS = Layout(

@@ -102,14 +102,15 @@ def write_events(
     compression: str = DEFAULT_COMPRESSION,
     expected_chunks: int = 10,
     on_chunk: Callable[[int], object] | None = None,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, str] | Callable[[], dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Write ``chunks`` as the ``Events`` tree of a new ROOT file at ``path``, atomically.
 
     ``expected_chunks`` sizes the basket index up front (uproot rewrites the tree
     metadata whenever it grows). ``on_chunk(n)`` is called after each chunk of ``n``
     events (progress bars). ``extra`` strings are stored next to the tree as ``TObjString``
-    (e.g. provenance as JSON). Returns the number of events and of objects per collection.
+    (e.g. provenance as JSON); a callable is called after the last chunk (provenance that
+    counts what the chunks did). Returns the number of events and of objects per collection.
     """
     path = Path(path)
     codec = parse_compression(compression)
@@ -143,6 +144,8 @@ def write_events(
                     on_chunk(len(chunk))
             if tree is None:
                 raise FlashSimError(f"No events to write to {path}: ask for at least one event.")
+            if callable(extra):
+                extra = extra()
             for name, text in (extra or {}).items():
                 file[name] = text
     except OSError as err:  # atomic_output translates those about the output

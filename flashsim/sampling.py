@@ -33,6 +33,7 @@ from flashsim.flow_config import FlowConfig
 from flashsim.layouts import DTYPE, Layout, layout_for
 from flashsim.model import load_model
 from flashsim.transforms import Preprocessing
+from flashsim.valid import TargetValues
 
 SAMPLE_BATCH_ROWS = 65_536
 """Rows per forward pass when sampling (bounds memory, not the result)."""
@@ -184,3 +185,9 @@ class TrainedFlow:
     def to_physical(self, targets: np.ndarray) -> np.ndarray:
         """Preprocessed targets ``(N, n_targets)`` -> physical values (float32)."""
         return self.preprocessing.inverse(targets, columns=self.layout.targets)
+
+    @property
+    def target_values(self) -> TargetValues | None:
+        """The targets' valid values recorded by prep in the store (``None`` for a store
+        written before they were recorded)."""
+        return TargetValues.from_metadata(self.layout, self.metadata)

@@ -64,6 +64,8 @@ from flashsim.transforms import (
     Step,
     muon_preprocessing,
 )
+from flashsim.valid import METADATA_KEY as VALUES_KEY
+from flashsim.valid import TargetValues
 from pipelines.branches import (
     BranchPlan,
     MissingBranches,
@@ -115,6 +117,7 @@ class ObjectSummary:
     rows: dict[str, int]
     dropped: dict[str, DropCount]
     stores: list[tuple[str, Path, int]] = field(default_factory=list)  # (format, path, bytes)
+    target_values: TargetValues | None = None
 
     @property
     def dropped_rows(self) -> int:
@@ -366,9 +369,7 @@ def _tasks(
                     seed=seed,
                     gen_muons=gen_muons,
                     plan=inp.plan,
-                    preprocessing={o: preprocessing[o] for o in inp.objects}
-                    if inp.file.kind == "root"
-                    else {},
+                    preprocessing={o: preprocessing[o] for o in inp.objects},
                     hash_input=start == 0 and inp.file.remote is None,
                 )
             )
@@ -476,11 +477,16 @@ def _collect(
     for r in results:
         for reason, count in r.dropped.get(obj, {}).items():
             dropped.setdefault(reason, DropCount()).add(count)
+    values = TargetValues(layout_for(obj))
+    for r in results:
+        if obj in r.values:
+            values.merge(r.values[obj])
     summary = ObjectSummary(
         obj,
         matched=sum(r.matched.get(obj, 0) for r in results),
         rows={"train": n_rows - n_val, "val": n_val},
         dropped=dropped,
+        target_values=values,
     )
     return summary, split, rule
 
@@ -819,6 +825,7 @@ def _metadata(
             "rows": summary.dropped_rows,
             **{reason: c.to_dict() for reason, c in summary.dropped.items()},
         },
+        VALUES_KEY: summary.target_values.to_dict() if summary.target_values else {},
         "inputs": [
             m for m, inp in zip(inputs_meta, plan.inputs, strict=True) if obj in inp.objects
         ],

@@ -19,6 +19,7 @@ import numpy as np
 from flashsim.layouts import OBJECTS, Layout, layout_for
 from flashsim.options import FINAL_STATE, GenMuons
 from flashsim.transforms import Preprocessing
+from flashsim.valid import TargetValues
 from pipelines.branches import BranchPlan, materialize
 from pipelines.features import FEATURES, GEN_INDEX_PAST_END, gen_index_past_end
 from pipelines.hdf5_input import inspect_hdf5, iterate_row_steps
@@ -120,6 +121,8 @@ class TaskResult:
     matched: dict[str, int]
     dropped: dict[str, dict[str, DropCount]]
     sha256: str | None = None
+    values: dict[str, TargetValues] = field(default_factory=dict)
+    """Per object: the physical target values of the rows kept (:mod:`flashsim.valid`)."""
 
 
 def _spool(task: Task, obj: str, step: int, rows: np.ndarray) -> Block | None:
@@ -148,6 +151,13 @@ def _record(result: TaskResult, obj: str, reason: str, counts: DropCount) -> Non
         result.dropped[obj].setdefault(reason, DropCount()).add(counts)
 
 
+def _record_values(result: TaskResult, obj: str, physical: np.ndarray, kept: np.ndarray) -> None:
+    """Add the physical target values of the ``kept`` rows to the task's record."""
+    layout = layout_for(obj)
+    values = TargetValues.of_rows(layout, physical[kept])
+    result.values.setdefault(obj, TargetValues(layout)).merge(values)
+
+
 def run_task(task: Task, on_step: Callable[[int], object] | None = None) -> TaskResult:
     """Process one task; ``on_step(n_events)`` is called after each step (progress)."""
     result = _empty_result(task)
@@ -174,6 +184,7 @@ def run_task(task: Task, on_step: Callable[[int], object] | None = None) -> Task
                 raw, before = drop_non_finite(raw, layout)
                 rng = step_rng(task.seed, task.file_index, step, obj)
                 rows = task.preprocessing[obj].forward(raw, rng)
+                _record_values(result, obj, raw, np.isfinite(rows).all(axis=1))
                 rows, after = drop_non_finite(rows, layout)
                 _record(result, obj, BEFORE, before)
                 _record(result, obj, AFTER, after)
@@ -190,6 +201,9 @@ def run_task(task: Task, on_step: Callable[[int], object] | None = None) -> Task
             result.matched[obj] += len(rows)
             rows, bad = drop_non_finite(rows, info.layout)
             _record(result, obj, INPUT, bad)
+            if obj in task.preprocessing:  # HDF5 rows are preprocessed: invert for the values
+                physical = task.preprocessing[obj].inverse(rows)
+                _record_values(result, obj, physical, np.isfinite(physical).all(axis=1))
             block = _spool(task, obj, step, rows)
             if block:
                 result.blocks[obj].append(block)

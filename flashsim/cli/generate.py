@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from flashsim.cli.options import branch_map_options, branch_mapping, device_option, spline_option
+from flashsim.safe_sampling import DEFAULT_MAX_REDRAWS, count_lines
 
 DEFAULT_RUNS = {"jets": Path("runs/jets"), "muons": Path("runs/muons")}
 """Where ``flashsim train jets|muons`` writes by default: generate's default models."""
@@ -49,7 +50,7 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     help="Muons model, likewise. [default: runs/muons if it holds a checkpoint]",
 )
 @click.option(
-    "--seed", type=int, default=0, help="Same inputs, models, seed and --step-events: same output."
+    "--seed", type=int, default=0, help="Same inputs, models, seed and --oversample: same output."
 )
 @device_option
 @spline_option("Sample with this spline engine instead of each checkpoint's own.")
@@ -58,6 +59,20 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     type=click.IntRange(min=1),
     default=20_000,
     help="Events read, simulated and written per step (bounds the memory).",
+)
+@click.option(
+    "--oversample",
+    type=click.IntRange(min=1),
+    default=1,
+    help="K: write each input event K times, each copy with its own flow samples "
+    "(weight 1/K per row; FlashSim_eventIndex and FlashSim_fold tell the copies apart).",
+)
+@click.option(
+    "--max-redraws",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_REDRAWS,
+    help="Redraws of an object with a non-finite or out-of-range sample before its bad "
+    "values are clipped to the training range (every one counted).",
 )
 @branch_map_options
 @click.option(
@@ -76,6 +91,8 @@ def generate(
     device,
     spline,
     step_events,
+    oversample,
+    max_redraws,
     branch_map,
     branch_options,
     compression,
@@ -109,6 +126,8 @@ def generate(
         device=device,
         spline=spline,
         step_events=step_events,
+        oversample=oversample,
+        max_redraws=max_redraws,
         branch_map=branch_mapping(branch_map, branch_options),
         compression=compression,
         overwrite=overwrite,
@@ -126,3 +145,5 @@ def generate(
     for obj, n in summary.skipped.items():
         if n:
             click.echo(f"  {n} gen-level {obj} skipped: conditioning not finite")
+    for line in count_lines(summary.samples):
+        click.echo(line)
