@@ -217,17 +217,20 @@ class _Stream:
     step_seed: int  # of the conditioning's preprocessing (its chains draw nothing today)
 
 
-def _noise(model: TrainedFlow, stream: _Stream, n_gen: int, positions: np.ndarray):
-    """``noise(attempt)``: the base noise of the repeated objects at ``positions`` (gen
-    object position times K plus fold, relative to the step's first gen object)."""
+def _noise(model: TrainedFlow, stream: _Stream, n_gen: int, source: np.ndarray, fold: np.ndarray):
+    """``noise(attempt)``: the base noise of each repeated object, from its gen object's
+    position in the file (``source``: relative to the step's first gen object) in the
+    stream of its ``fold``: fold 0 of any K is the K = 1 sample."""
     key = (stream.seed, stream.file_index, OBJECTS.index(model.object))
-    k = stream.oversample
+    width = model.layout.n_targets
 
     def draw(attempt: int) -> np.ndarray:
-        block = noise_block(
-            (*key, attempt), stream.first_object * k, n_gen * k, model.layout.n_targets
-        )
-        return block[positions]
+        out = np.empty((len(source), width), dtype=np.float32)
+        for k in range(stream.oversample):
+            rows = fold == k
+            block = noise_block((*key, attempt, k), stream.first_object, n_gen, width)
+            out[rows] = block[source[rows]]
+        return out
 
     return draw
 
@@ -253,10 +256,10 @@ def _simulate(
     event = np.repeat(np.arange(len(gen.counts)), gen.counts)[finite]
     counts, take = repeat_events(np.bincount(event, minlength=len(gen.counts)), k)
     fold = np.repeat(np.tile(np.arange(k), len(gen.counts)), counts)
-    position = np.flatnonzero(finite)[take] * k + fold
+    source = np.flatnonzero(finite)[take]
     rows, index = gen.rows[finite][take], gen.index[finite][take]
     conditioning = model.preprocess_conditioning(rows, seed=stream.step_seed)
-    noise = _noise(model, stream, len(gen.rows), position)
+    noise = _noise(model, stream, len(gen.rows), source, fold)
     targets, samples = draw_targets(model, conditioning, noise, max_redraws)
     if obj == "jets":
         fields = reco_jets(model.layout, rows, targets)

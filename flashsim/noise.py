@@ -2,7 +2,7 @@
 stream key and the object's position in that stream, never on how objects are batched.
 
 A stream is a counter-based Philox generator keyed by a tuple of integers (generation
-uses ``(seed, file index, object kind, attempt)``); position ``p`` owns counter steps
+uses ``(seed, file index, object kind, attempt, fold)``); position ``p`` owns counter steps
 ``[p*s, (p+1)*s)``, ``s = ceil(width / 4)`` (each step gives four 64-bit words), and
 its ``width`` normals are the inverse normal CDF of the first ``width`` words. So
 :func:`noise_block` of positions ``[a, b)`` equals rows ``a..b-1`` of any larger block

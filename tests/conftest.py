@@ -184,3 +184,42 @@ def quick_config(store, out, **kw) -> TrainConfig:
     }
     opts.update(kw)
     return TrainConfig("jets", **opts)
+
+
+GEN_FLOW = {"num_flow_steps": 2, "hidden_features": 16, "num_blocks": 1, "num_bins": 4}
+"""A flow small enough to train in a second: what generation tests sample from."""
+
+
+@pytest.fixture(scope="session")
+def generation_workflow(tmp_path_factory) -> dict:
+    """toy -> prep -> two tiny trained flows: what a user has before `generate` (shared by
+    the generation tests: ``base``, ``toy`` and the run directories ``jets``, ``muons``;
+    ``small``: 300 other toy events, a cheap input to generate from)."""
+    from flashsim.toy import generate_toy
+    from flashsim.train import TrainConfig, train
+    from pipelines.prep import prep
+
+    base = tmp_path_factory.mktemp("gen")
+    toy = base / "toy.root"
+    generate_toy(toy, 3000, seed=3, progress=False)
+    generate_toy(base / "small.root", 300, seed=4, progress=False)
+    prep([toy], base / "shards", seed=0, progress=False)
+    runs = {}
+    for obj in ("jets", "muons"):
+        runs[obj] = base / "runs" / obj
+        train(
+            TrainConfig(
+                obj,
+                data=base / "shards",
+                out=runs[obj],
+                epochs=1,
+                batch_size=256,
+                max_steps_per_epoch=5,
+                flow=dict(GEN_FLOW),
+                progress=False,
+                tensorboard=False,
+                threads=1,
+                monitor_every=0,  # the monitor has its own tests (test_monitor)
+            )
+        )
+    return {"base": base, "toy": toy, "small": base / "small.root", **runs}

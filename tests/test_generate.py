@@ -20,45 +20,17 @@ from flashsim.errors import FlashSimError
 from flashsim.generate import generate
 from flashsim.layouts import JETS, MUONS
 from flashsim.sampling import TrainedFlow
-from flashsim.toy import generate_toy
-from flashsim.train import TrainConfig, train
 from pipelines.branches import resolve_branches
 from pipelines.features import gen_jet_conditioning, gen_muon_conditioning
 from pipelines.nanoaod import inspect_nanoaod, iterate_steps
-from pipelines.prep import prep
 
 from conftest import TTBAR as REAL_TTBAR
 from conftest import raw_feature_rows
 
-TINY_FLOW = {"num_flow_steps": 2, "hidden_features": 16, "num_blocks": 1, "num_bins": 4}
-
 
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory):
-    """toy -> prep -> two tiny trained flows: what a user has before `generate`."""
-    base = tmp_path_factory.mktemp("gen")
-    toy = base / "toy.root"
-    generate_toy(toy, 3000, seed=3, progress=False)
-    prep([toy], base / "shards", seed=0, progress=False)
-    runs = {}
-    for obj in ("jets", "muons"):
-        runs[obj] = base / "runs" / obj
-        train(
-            TrainConfig(
-                obj,
-                monitor_every=0,  # the monitor has its own tests (test_monitor)
-                data=base / "shards",
-                out=runs[obj],
-                epochs=1,
-                batch_size=256,
-                max_steps_per_epoch=5,
-                flow=dict(TINY_FLOW),
-                progress=False,
-                tensorboard=False,
-                threads=1,
-            )
-        )
-    return {"base": base, "toy": toy, **runs}
+def workflow(generation_workflow):
+    return generation_workflow
 
 
 def _read(path, branches=None):
