@@ -367,6 +367,11 @@ class _Tally:
     def of(cls, objects: Iterable[str]) -> _Tally:
         return cls({o: 0 for o in objects}, {o: SampleCounts() for o in objects})
 
+    def add(self, other: _Tally) -> None:
+        for obj, n in other.skipped.items():
+            self.skipped[obj] += n
+            self.samples[obj].add(other.samples[obj])
+
 
 def _chunks(
     planned: list[_Input],
@@ -374,8 +379,10 @@ def _chunks(
     gen_muons: str,
     run: _Run,
     tally: _Tally,
+    first_event: int = 0,
 ) -> Iterator[EventChunk]:
-    first_event = 0
+    """The simulated events of ``planned`` inputs, step by step; ``first_event``: how
+    many events precede the first input (``FlashSim_eventIndex`` continues from there)."""
     for inp in planned:
         reads = [*inp.plan.reads, *inp.ids]
         first_object = dict.fromkeys(models, 0)
@@ -413,7 +420,9 @@ class _Run:
     max_redraws: int
 
 
-def _check_request(paths, run: _Run, out: Path, overwrite: bool, compression: str) -> None:
+def _check_request(
+    paths, run: _Run, workers: int, out: Path, overwrite: bool, compression: str
+) -> None:
     """Fail before any work: no model, a bad option, an existing ``out``, a bad codec."""
     if all(p is None for p in paths.values()):
         raise FlashSimError(
@@ -422,6 +431,7 @@ def _check_request(paths, run: _Run, out: Path, overwrite: bool, compression: st
         )
     for name, value, least in (
         ("step_events", run.step_events, 1),
+        ("workers", workers, 1),
         ("oversample", run.oversample, 1),
         ("max_redraws", run.max_redraws, 0),
     ):
@@ -461,6 +471,8 @@ def generate(
     step_events: int = DEFAULT_STEP_EVENTS,
     oversample: int = 1,
     max_redraws: int = DEFAULT_MAX_REDRAWS,
+    workers: int = 1,
+    dask_scheduler: str | None = None,
     branch_map: Mapping[str, str | float] | None = None,
     compression: str = DEFAULT_COMPRESSION,
     overwrite: bool = False,
@@ -483,6 +495,10 @@ def generate(
             (see ``docs/generate.md``: weight 1/K, ``FlashSim_eventIndex``, ``FlashSim_fold``).
         max_redraws: redraws of an object with a non-finite or out-of-range sample before
             its bad targets are clipped (:mod:`flashsim.safe_sampling`).
+        workers: worker processes, one input file each (or Dask workers with
+            ``dask_scheduler="local"``); the output is the same for any number.
+        dask_scheduler: a Dask scheduler address, or ``"local"``, to simulate the files
+            there (the output's directory must be shared with the workers).
         branch_map: input branch substitutions, as ``prep --branch``.
         compression: ``lz4`` (default), ``zstd``, ``zlib``, ``lzma``, ``none``, or ``NAME:LEVEL``.
         overwrite: replace ``out`` if it exists.
@@ -496,7 +512,7 @@ def generate(
     paths = {"jets": jets, "muons": muons}
     out = Path(out)
     run = _Run(seed, step_events, oversample, max_redraws)
-    _check_request(paths, run, out, overwrite, compression)
+    _check_request(paths, run, workers, out, overwrite, compression)
     models = _load_models(paths, device, spline)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
@@ -506,20 +522,25 @@ def generate(
             f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
         )
     tally = _Tally.of(models)
+    write = {
+        "overwrite": overwrite,
+        "compression": compression,
+        "expected_chunks": -(-total // step_events),
+        "extra": lambda: {
+            "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
+        },
+    }
     with tqdm(
         total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
     ) as bar:
-        counts = write_events(
-            out,
-            _chunks(planned, models, gen_muons, run, tally),
-            overwrite=overwrite,
-            compression=compression,
-            expected_chunks=-(-total // step_events),
-            on_chunk=lambda n: bar.update(n // oversample),
-            extra=lambda: {
-                "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
-            },
-        )
+        if workers > 1 or dask_scheduler:
+            engine = (workers, dask_scheduler, bar.update)
+            counts = _write_parallel(out, planned, models, gen_muons, run, tally, engine, write)
+        else:
+            chunks = _chunks(planned, models, gen_muons, run, tally)
+            counts = write_events(
+                out, chunks, on_chunk=lambda n: bar.update(n // oversample), **write
+            )
     return GenerateSummary(
         out=out,
         events=counts.pop("events"),
@@ -530,6 +551,31 @@ def generate(
         oversample=oversample,
         samples=tally.samples,
     )
+
+
+def _write_parallel(out: Path, planned, models, gen_muons, run: _Run, tally, engine, write):
+    """Simulate each input in its own task (processes or Dask), then merge the parts into
+    ``out`` in input order (:mod:`flashsim.generate_files`); the written counts."""
+    from flashsim.generate_files import FileTask, part_chunks, simulate_file, spool_next_to
+    from pipelines.prep import execute
+
+    workers, dask_scheduler, on_events = engine
+    checkpoints = {o: str(m.checkpoint) for o, m in models.items()}
+    splines = {o: m.config.spline for o, m in models.items()}  # the engine each one runs
+    device = str(next(iter(models.values())).device)
+    with spool_next_to(out) as spool:
+        tasks, first_event = [], 0
+        for inp in planned:
+            if inp.n_events:
+                part = str(spool / f"part-{inp.index:06d}.root")
+                args = (inp.index, inp, first_event, checkpoints, device, gen_muons, run, part)
+                tasks.append(FileTask(*args, splines=splines))
+            first_event += inp.n_events
+        results = execute(tasks, workers, dask_scheduler, on_events, fn=simulate_file)
+        for result in results:
+            tally.add(result.tally)
+        parts = [r.part for r in results]
+        return write_events(out, part_chunks(parts, run.step_events * run.oversample), **write)
 
 
 def _provenance(models, run: _Run, gen_muons: str, planned, tally: _Tally) -> dict:

@@ -94,6 +94,8 @@ OnDone = Callable[[TaskResult], None]
 OnEvents = Callable[[int], object]
 """Called with the number of events (or rows) just read: progress (a tqdm bar's update;
 what it returns is not used)."""
+TaskFn = Callable[..., TaskResult]
+"""Runs one task: ``fn(task, on_step=None)`` (prep's :func:`run_task`, or generate's)."""
 
 log = logging.getLogger("flashsim.prep")
 
@@ -376,13 +378,15 @@ def _tasks(
     return tasks
 
 
-def _run_serial(tasks: Sequence[Task], on_done: OnDone, on_events: OnEvents) -> None:
+def _run_serial(
+    tasks: Sequence[Task], on_done: OnDone, on_events: OnEvents, fn: TaskFn = run_task
+) -> None:
     for task in tasks:
-        on_done(run_task(task, on_step=on_events))
+        on_done(fn(task, on_step=on_events))
 
 
 def _run_processes(
-    tasks: Sequence[Task], workers: int, on_done: OnDone, on_events: OnEvents
+    tasks: Sequence[Task], workers: int, on_done: OnDone, on_events: OnEvents, fn: TaskFn = run_task
 ) -> None:
     # spawn: a fresh interpreter per worker; forking a parent that may hold threads
     # (tqdm, zarr's event loop) is not safe.
@@ -394,7 +398,7 @@ def _run_processes(
         initargs=(os.getpid(),),
     )
     try:
-        futures = [pool.submit(run_task, t) for t in tasks]
+        futures = [pool.submit(fn, t) for t in tasks]
         for fut in as_completed(futures):
             result = fut.result()
             on_events(result.events)
@@ -404,7 +408,12 @@ def _run_processes(
 
 
 def _run_dask(
-    tasks: Sequence[Task], address: str, workers: int, on_done: OnDone, on_events: OnEvents
+    tasks: Sequence[Task],
+    address: str,
+    workers: int,
+    on_done: OnDone,
+    on_events: OnEvents,
+    fn: TaskFn = run_task,
 ) -> None:
     try:
         from distributed import Client, LocalCluster
@@ -432,7 +441,7 @@ def _run_dask(
                 "--dask-scheduler local; the --out directory must be on a file system every "
                 "worker can write to."
             ) from None
-        futures = client.map(run_task, tasks, pure=False)
+        futures = client.map(fn, tasks, pure=False)
         try:
             for fut in dask_completed(futures):
                 result = fut.result()
@@ -443,21 +452,30 @@ def _run_dask(
             raise
 
 
-def _execute(
-    tasks: Sequence[Task], workers: int, dask_scheduler: str | None, on_events: OnEvents
+def execute(
+    tasks: Sequence[Task],
+    workers: int,
+    dask_scheduler: str | None,
+    on_events: OnEvents,
+    fn: TaskFn = run_task,
 ) -> list[TaskResult]:
-    """Run ``tasks`` serially, in processes or on Dask; results in input order."""
+    """Run ``tasks`` serially, in processes or on Dask; results in input order.
+
+    ``fn(task, on_step=None)`` runs one task (default: prep's :func:`run_task`; ``flashsim
+    generate`` passes its own); a result has ``file_index`` and ``start``, its order key.
+    ``on_events(n)`` reports progress.
+    """
     results: dict[tuple[int, int], TaskResult] = {}
 
     def on_done(result: TaskResult) -> None:
         results[(result.file_index, result.start)] = result
 
     if dask_scheduler:
-        _run_dask(tasks, dask_scheduler, workers, on_done, on_events)
+        _run_dask(tasks, dask_scheduler, workers, on_done, on_events, fn)
     elif workers > 1 and len(tasks) > 1:
-        _run_processes(tasks, workers, on_done, on_events)
+        _run_processes(tasks, workers, on_done, on_events, fn)
     else:
-        _run_serial(tasks, on_done, on_events)
+        _run_serial(tasks, on_done, on_events, fn)
     return [results[k] for k in sorted(results)]
 
 
@@ -799,7 +817,7 @@ def _read(
         desc="read",
         disable=not progress,
     ) as bar:
-        results = _execute(tasks, workers, dask_scheduler, bar.update)
+        results = execute(tasks, workers, dask_scheduler, bar.update)
     return results, time.perf_counter() - t_read
 
 

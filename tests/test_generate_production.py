@@ -15,12 +15,12 @@ import hist
 import numpy as np
 import pytest
 import uproot
+from flashsim.train.checkpoint import read_checkpoint, save_checkpoint
 
 from flashsim.analysis import fill_oversampled
 from flashsim.generate import EVENT_INDEX_BRANCH, FOLD_BRANCH, generate
 from flashsim.layouts import JETS, MUONS
 from flashsim.store import find_store, read_metadata
-from flashsim.train.checkpoint import read_checkpoint, save_checkpoint
 from flashsim.valid import nearest_valid
 
 DISCRETE_BRANCHES = {
@@ -153,6 +153,45 @@ def test_oversampling_writes_k_independent_copies_of_each_event(generation_workf
     assert ak.all(ak.flatten(_read_ak(again.out).Jet_pt == a.Jet_pt))
     with uproot.open(k5.out) as f:
         assert json.loads(str(f["flashsim"]))["oversample"] == 5
+
+
+@pytest.mark.multiprocess
+def test_workers_and_dask_write_the_bytes_of_a_serial_run(generation_workflow, tmp_path):
+    from flashsim.toy import generate_toy
+
+    wf = generation_workflow
+    inputs = [tmp_path / f"in{i}.root" for i in range(2)]
+    for i, path in enumerate(inputs):
+        generate_toy(path, 80, seed=20 + i, progress=False)
+    kw = {
+        "jets": wf["jets"],
+        "oversample": 2,
+        "step_events": 30,
+        "max_redraws": 1,
+        "progress": False,
+    }
+    runs = {
+        "serial": {},
+        "workers": {"workers": 2},
+        "dask": {"workers": 2, "dask_scheduler": "local"},
+    }
+    outs = {
+        name: generate(inputs, tmp_path / f"{name}.root", **extra, **kw)
+        for name, extra in runs.items()
+    }
+    with uproot.open(outs["serial"].out) as f:
+        reference = f["Events"].arrays(library="np")
+        provenance = str(f["flashsim"])
+    assert reference["FlashSim_eventIndex"].max() == 159  # continues over the inputs
+    for name in ("workers", "dask"):
+        assert outs[name].samples == outs["serial"].samples
+        with uproot.open(outs[name].out) as f:
+            assert f["Events"].keys() == list(reference) and str(f["flashsim"]) == provenance
+            for branch, expected in reference.items():
+                got = f["Events"][branch].array(library="np")
+                if expected.dtype == object:  # jagged: one array per event
+                    got, expected = np.concatenate(list(got)), np.concatenate(list(expected))
+                assert got.tobytes() == expected.tobytes(), (name, branch)
 
 
 def _read_ak(path):

@@ -74,6 +74,20 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     help="Redraws of an object with a non-finite or out-of-range sample before its bad "
     "values are clipped to the training range (every one counted).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes, one input file each (or Dask workers with --dask-scheduler "
+    "local); the output is the same for any N.",
+)
+@click.option(
+    "--dask-scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Simulate the input files on this Dask scheduler, or 'local' for a local cluster; "
+    "the directory of --out must be shared with the workers.",
+)
 @branch_map_options
 @click.option(
     "--compression",
@@ -93,6 +107,8 @@ def generate(
     step_events,
     oversample,
     max_redraws,
+    workers,
+    dask_scheduler,
     branch_map,
     branch_options,
     compression,
@@ -128,6 +144,8 @@ def generate(
         step_events=step_events,
         oversample=oversample,
         max_redraws=max_redraws,
+        workers=workers,
+        dask_scheduler=dask_scheduler,
         branch_map=branch_mapping(branch_map, branch_options),
         compression=compression,
         overwrite=overwrite,
