@@ -18,6 +18,7 @@ import uproot
 from flashsim.train.checkpoint import read_checkpoint, save_checkpoint
 
 from flashsim.analysis import fill_oversampled
+from flashsim.checkpoint import read_checkpoint, save_checkpoint
 from flashsim.generate import EVENT_INDEX_BRANCH, FOLD_BRANCH, generate
 from flashsim.layouts import JETS, MUONS
 from flashsim.store import find_store, read_metadata
