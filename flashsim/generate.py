@@ -4,8 +4,11 @@ events, sampled from trained flows.
 For every ``GenJet`` (jets model) and every final-state gen muon (muons model:
 ``GenPart`` with ``|pdgId| == 13`` and ``status == 1``) of each input event, the conditioning is computed exactly as ``flashsim prep`` computes it
 (:mod:`pipelines.features`), preprocessed with the chain stored in the checkpoint, and
-one reconstructed object is sampled. Targets are mapped back to physical units and to
-NanoAOD branches:
+one reconstructed object is sampled (``oversample`` K: one per copy of the event). The
+samples are checked against the values the training store held
+(:mod:`flashsim.safe_sampling`: non-finite or out-of-range ones redrawn, then clipped,
+discrete ones mapped to their nearest valid value, all counted). Targets are mapped back
+to physical units and to NanoAOD branches:
 
 * ``Jet_pt = MJet_ptRatio * GenJet_pt``, ``Jet_eta = GenJet_eta + MJet_etaMinusGen``,
   ``Jet_phi`` likewise (wrapped to [-π, π)), ``Jet_mass = MJet_massRatio * GenJet_mass``
@@ -19,9 +22,12 @@ NanoAOD branches:
 Objects are sorted by decreasing pT within each event, as in NanoAOD. The output file
 also holds the generator-level collections read (``GenJet_*``, ``GenPart_*``),
 ``run``/``luminosityBlock``/``event`` and, with a muons model, ``Pileup_*``, so it can be
-compared with full simulation object by object. A ``flashsim`` string in the file records
-the models, seed and inputs. Every generator-level object gets a reconstructed one (the
-flows model the response, not the efficiency).
+compared with full simulation object by object, and ``FlashSim_eventIndex`` /
+``FlashSim_fold`` (the original event and the copy, see ``docs/generate.md``). A
+``flashsim`` string in the file records the models, seed, oversampling, inputs and the
+counts of redrawn and clipped samples. Every generator-level object gets a reconstructed
+one (the flows model the response, not the efficiency). Many inputs can be simulated in
+worker processes or on Dask (:mod:`flashsim.generate_files`), with the serial output.
 
 Examples
 --------
@@ -530,17 +536,8 @@ def generate(
             "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
         },
     }
-    with tqdm(
-        total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
-    ) as bar:
-        if workers > 1 or dask_scheduler:
-            engine = (workers, dask_scheduler, bar.update)
-            counts = _write_parallel(out, planned, models, gen_muons, run, tally, engine, write)
-        else:
-            chunks = _chunks(planned, models, gen_muons, run, tally)
-            counts = write_events(
-                out, chunks, on_chunk=lambda n: bar.update(n // oversample), **write
-            )
+    engine = (workers, dask_scheduler, progress)
+    counts = _write(out, planned, models, gen_muons, run, tally, engine, write)
     return GenerateSummary(
         out=out,
         events=counts.pop("events"),
@@ -551,6 +548,22 @@ def generate(
         oversample=oversample,
         samples=tally.samples,
     )
+
+
+def _write(out: Path, planned, models, gen_muons, run: _Run, tally, engine, write) -> dict:
+    """Simulate every input into ``out``, in this process or (``workers > 1``, Dask) in
+    tasks, with a progress bar of input events; the written counts."""
+    workers, dask_scheduler, progress = engine
+    total = sum(inp.n_events for inp in planned)
+    with tqdm(
+        total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
+    ) as bar:
+        if workers > 1 or dask_scheduler:
+            tasks = (workers, dask_scheduler, bar.update)
+            return _write_parallel(out, planned, models, gen_muons, run, tally, tasks, write)
+        chunks = _chunks(planned, models, gen_muons, run, tally)
+        on_chunk = lambda n: bar.update(n // run.oversample)  # noqa: E731 (rows -> events)
+        return write_events(out, chunks, on_chunk=on_chunk, **write)
 
 
 def _write_parallel(out: Path, planned, models, gen_muons, run: _Run, tally, engine, write):
