@@ -104,8 +104,9 @@ def draw_targets(
     from flashsim.sampling import sample_with_noise
 
     values = model.target_values
-    lo, hi = values.bounds() if values is not None else (-np.inf, np.inf)
     names = model.layout.target_columns
+    unbounded = np.full(len(names), np.inf)
+    lo, hi = values.bounds() if values is not None else (-unbounded, unbounded)
     targets = model.to_physical(sample_with_noise(model.flow, conditioning, noise(0)))
     bad = bad_cells(targets, lo, hi)
     counts = SampleCounts(redrawn=_per_column(names, bad))
