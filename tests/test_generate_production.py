@@ -15,7 +15,6 @@ import hist
 import numpy as np
 import pytest
 import uproot
-from flashsim.train.checkpoint import read_checkpoint, save_checkpoint
 
 from flashsim.analysis import fill_oversampled
 from flashsim.checkpoint import read_checkpoint, save_checkpoint
