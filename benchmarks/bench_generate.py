@@ -10,9 +10,9 @@ host. This script times, in the same run and on the same trained model and input
   with the checks of :mod:`flashsim.safe_sampling`, NanoAOD branches, ROOT file), once
   per ``--oversample`` value given.
 
-Both use the checkpoint's flow with stock nflows (the fused spline engine is not on main
-yet; when it lands, pass its engine to the generate run and keep ``nflows`` for the
-prototype loop). Reported: objects/s and events/s, best of ``--trials``, and the objects
+The same weights run with stock nflows' spline in the prototype loop (``--prototype-spline
+nflows``, the prototype's engine) and with ``--spline`` (default ``fused``, the fused
+engine of :mod:`flashsim.spline`) in ``generate``. Reported: objects/s and events/s, best of ``--trials``, and the objects
 generate redrew (a well-trained model redraws few; a barely trained one many, and pays
 for the extra passes).
 
@@ -20,7 +20,8 @@ Usage (the figures must come from a quiet machine)::
 
     flashsim toy --events 20000 --out toy20k.root -q
     python benchmarks/bench_generate.py toy20k.root --jets demo/runs/jets \\
-        --oversample 1 --oversample 5 --device cpu --out benchmarks/out/generate.json
+        --oversample 1 --oversample 5 --device cpu --spline fused --prototype-spline nflows \\
+        --out benchmarks/out/generate.json
 """
 
 from __future__ import annotations
@@ -73,15 +74,17 @@ def main() -> None:
     parser.add_argument("--jets", required=True, help="a jets run directory or checkpoint")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=10_000, help="prototype batch rows")
+    parser.add_argument("--spline", default="fused", help="generate's spline engine")
+    parser.add_argument("--prototype-spline", default="nflows", help="the loop's engine")
     parser.add_argument("--oversample", type=int, action="append", default=None)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/out/generate.json")
     args = parser.parse_args()
-    model = TrainedFlow.load(args.jets, device=args.device)
+    model = TrainedFlow.load(args.jets, device=args.device, spline=args.prototype_spline)
     conditioning, n_events = gen_jet_conditioning(args.input, model)
     n_jets = len(conditioning)
     best = min(prototype_loop(model, conditioning, args.batch) for _ in range(args.trials))
-    rows = [{"way": f"prototype loop (batch {args.batch})", "oversample": 1, "seconds": best,
+    rows = [{"way": f"prototype loop ({args.prototype_spline}, batch {args.batch})", "oversample": 1, "seconds": best,
              "jets_per_s": n_jets / best, "events_per_s": n_events / best}]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.oversample or [1]:
@@ -89,10 +92,10 @@ def main() -> None:
             for trial in range(args.trials):
                 out = Path(tmp) / f"g{k}-{trial}.root"
                 summary = generate([args.input], out, jets=args.jets, device=args.device,
-                                   oversample=k, progress=False)  # fmt: skip
+                                   spline=args.spline, oversample=k, progress=False)  # fmt: skip
                 seconds.append(summary.seconds)
             t = min(seconds)
-            rows.append({"way": "flashsim generate", "oversample": k, "seconds": t,
+            rows.append({"way": f"flashsim generate ({args.spline})", "oversample": k, "seconds": t,
                          "jets_per_s": summary.counts["Jet"] / t,
                          "events_per_s": summary.events / t,
                          "samples": summary.samples["jets"].to_dict()})  # fmt: skip
