@@ -20,12 +20,18 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from flashsim.errors import FlashSimError
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
+
+    from torch.multiprocessing.spawn import ProcessContext
 
 INIT_METHOD_ENV = "FLASHSIM_DIST_INIT_METHOD"
 """Set by :func:`launch`: the rendezvous URL of the local process group."""
@@ -129,7 +135,7 @@ def _run_rank(
     local_rank: int,
     nproc: int,
     init_method: str,
-    results: Any,
+    results: multiprocessing.queues.Queue[tuple],
     log_level: int | None,
     fn: Callable[..., Any],
     args: tuple,
@@ -212,7 +218,7 @@ def _check_launchable(nproc: int) -> None:
         )
 
 
-def _drain(results: Any, messages: list[tuple]) -> None:
+def _drain(results: multiprocessing.queues.Queue[tuple], messages: list[tuple]) -> None:
     while True:
         try:
             messages.append(results.get_nowait())
@@ -221,10 +227,10 @@ def _drain(results: Any, messages: list[tuple]) -> None:
 
 
 @contextlib.contextmanager
-def _forwarded_signals(procs: Any) -> Iterator[None]:
+def _forwarded_signals(procs: ProcessContext) -> Iterator[None]:
     """While inside: SIGINT/SIGTERM to this process reach the workers as SIGINT."""
 
-    def forward(signum, frame) -> None:
+    def forward(signum: int, frame: FrameType | None) -> None:
         for p in procs.processes:
             if p.is_alive() and p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -254,7 +260,9 @@ def _quiet_spawn_log() -> Iterator[None]:
         spawn_log.setLevel(level)
 
 
-def _join(procs: Any, results: Any, messages: list[tuple]) -> BaseException | None:
+def _join(
+    procs: ProcessContext, results: multiprocessing.queues.Queue[tuple], messages: list[tuple]
+) -> BaseException | None:
     """Wait for the workers, collecting their messages; the failure, if one failed."""
     from torch.multiprocessing.spawn import ProcessException
 

@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from flashsim.train.interrupt import StopRequest
 from flashsim.train.step import TrainStep
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from loaders.base import BaseLoader
 
 TRACE_DIR = "trace"
@@ -236,7 +238,7 @@ class EpochLoop:
         self.parts.model.train()
         return acc, steps_total
 
-    def _progress_bar(self, epoch: int, total: int, initial: int) -> Any:
+    def _progress_bar(self, epoch: int, total: int, initial: int) -> tqdm[NoReturn]:
         from tqdm.auto import tqdm
 
         return tqdm(
@@ -274,7 +276,7 @@ class EpochLoop:
         loss_acc: torch.Tensor,
         clock: _ComputeClock,
         stop: StopRequest,
-        bar: Any,
+        bar: tqdm[NoReturn],
         started: float,
     ) -> None:
         """A host sync: check the loss is finite and (with all ranks) for a stop request.

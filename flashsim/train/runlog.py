@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import TracebackType
 
 from flashsim.errors import FlashSimError
 from flashsim.outputs import write_text_atomic
@@ -81,7 +82,12 @@ class RunLog:
                 + _monitor_note(record)
             )
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.metrics.close()
         handler, self._handler = self._handler, None
         if handler is None:
