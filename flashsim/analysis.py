@@ -30,25 +30,30 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import hist
 
-def _flat_bins(h, values: tuple[np.ndarray, ...]) -> np.ndarray:
+
+def _flat_bins(h: hist.Hist, values: tuple[np.ndarray, ...]) -> np.ndarray:
     """Each entry's bin as one integer (flow bins included)."""
-    indices = h.axes.index(*values)  # -1 underflow, size overflow
+    # -1 underflow, size overflow. boost-histogram annotates the values as floats, but
+    # index is vectorised: arrays in, arrays of indices out.
+    indices = h.axes.index(*values)  # type: ignore[arg-type]
     extents = [len(axis) + 2 for axis in h.axes]
     return np.ravel_multi_index(tuple(np.asarray(i) + 1 for i in indices), extents)
 
 
 def fill_oversampled(
-    h: Any,
+    h: hist.Hist,
     *values: np.ndarray,
     event_index: np.ndarray,
     oversample: int,
     weight: np.ndarray | float | None = None,
-) -> Any:
+) -> hist.Hist:
     """Fill ``h`` with the entries of oversampled events, weight ``weight / oversample``,
     with variances summed per original event before squaring (see the module docstring).
 

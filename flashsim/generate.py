@@ -42,9 +42,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import awkward as ak
 import numpy as np
@@ -57,7 +58,7 @@ from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
 from flashsim.kinematics import MUON_MASS, wrap_phi
 from flashsim.layouts import Layout
 from flashsim.noise import noise_block
-from flashsim.options import FINAL_STATE
+from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.safe_sampling import DEFAULT_MAX_REDRAWS, SampleCounts, draw_targets
 from flashsim.sampling import TrainedFlow
@@ -159,7 +160,9 @@ def _columns(layout: Layout, conditioning: np.ndarray, targets: np.ndarray):
     return gen, reco
 
 
-def reco_jets(layout: Layout, conditioning: np.ndarray, targets: np.ndarray) -> dict:
+def reco_jets(
+    layout: Layout, conditioning: np.ndarray, targets: np.ndarray
+) -> dict[str, np.ndarray]:
     """``Jet_*`` fields from raw conditioning ``(n, 14)`` and physical targets ``(n, 17)``."""
     gen, reco = _columns(layout, conditioning, targets)
     # a pT or mass is never negative, whatever a (badly trained) flow samples
@@ -177,7 +180,7 @@ def reco_jets(layout: Layout, conditioning: np.ndarray, targets: np.ndarray) -> 
 
 def reco_muons(
     layout: Layout, conditioning: np.ndarray, targets: np.ndarray, pdg_id: np.ndarray
-) -> dict:
+) -> dict[str, np.ndarray]:
     """``Muon_*`` fields from raw conditioning ``(n, 30)``, physical targets ``(n, 22)``
     and the gen muons' pdgId ``(n,)``."""
     gen, reco = _columns(layout, conditioning, targets)
@@ -192,11 +195,11 @@ def reco_muons(
     return fields
 
 
-def _flat(array) -> np.ndarray:
+def _flat(array: ak.Array) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.flatten(array, axis=1)))
 
 
-def _counts(array) -> np.ndarray:
+def _counts(array: ak.Array) -> np.ndarray:
     return np.asarray(ak.num(array, axis=1), dtype=np.int64)
 
 
@@ -252,7 +255,11 @@ class _Simulated:
 
 
 def _simulate(
-    model: TrainedFlow, ev: Mapping, gen_muons: str, stream: _Stream, max_redraws: int
+    model: TrainedFlow,
+    ev: Mapping[str, ak.Array],
+    gen_muons: GenMuons,
+    stream: _Stream,
+    max_redraws: int,
 ) -> _Simulated:
     """Sample ``stream.oversample`` reconstructed objects per gen-level object of one step,
     one per copy of its event (copies of an event consecutive)."""
@@ -280,7 +287,7 @@ def _simulate(
     return _Simulated(Collection(counts, fields), len(gen.rows), int((~finite).sum()), samples)
 
 
-def _gen_collections(ev: Mapping, k: int) -> dict[str, Collection]:
+def _gen_collections(ev: Mapping[str, ak.Array], k: int) -> dict[str, Collection]:
     """The generator-level collections read, copied with their NanoAOD types (each event
     ``k`` times)."""
     out = {}
@@ -296,7 +303,9 @@ def _gen_collections(ev: Mapping, k: int) -> dict[str, Collection]:
     return out
 
 
-def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int, k: int) -> dict:
+def _scalars(
+    ev: Mapping[str, ak.Array], raw: Mapping[str, ak.Array], n_events: int, first_event: int, k: int
+) -> dict[str, np.ndarray]:
     """The event-level branches, each event ``k`` times, with the oversampling branches."""
     out = {}
     for name in ID_BRANCHES:
@@ -317,7 +326,7 @@ def _scalars(ev: Mapping, raw: Mapping, n_events: int, first_event: int, k: int)
 @dataclass(frozen=True)
 class _Input:
     index: int
-    path: Path
+    path: Path | str  # a str: a remote (XRootD) input
     n_events: int
     plan: BranchPlan
     ids: tuple[str, ...]
@@ -326,7 +335,7 @@ class _Input:
 def _plan_inputs(
     inputs: Iterable[str | os.PathLike],
     objects: tuple[str, ...],
-    gen_muons: str,
+    gen_muons: GenMuons,
     branch_map: Mapping[str, str | float] | None,
 ) -> list[_Input]:
     files = expand_inputs(inputs)
@@ -353,13 +362,13 @@ def _plan_inputs(
     return planned
 
 
-def _jet_gen_muons(models: Mapping[str, TrainedFlow]) -> str:
+def _jet_gen_muons(models: Mapping[str, TrainedFlow]) -> GenMuons:
     """The gen-muon definition of the jets' closest-muon features: the jets model's store's
     (prep --gen-muons). The muons simulated are always the final-state ones."""
     jets = models.get("jets")
     if jets is None:
         return FINAL_STATE
-    return jets.metadata.get("options", {}).get("gen_muons", FINAL_STATE)
+    return GEN_MUONS.normalize(jets.metadata.get("options", {}).get("gen_muons", FINAL_STATE))
 
 
 @dataclass
@@ -382,7 +391,7 @@ class _Tally:
 def _chunks(
     planned: list[_Input],
     models: Mapping[str, TrainedFlow],
-    gen_muons: str,
+    gen_muons: GenMuons,
     run: _Run,
     tally: _Tally,
     first_event: int = 0,
@@ -426,8 +435,22 @@ class _Run:
     max_redraws: int
 
 
+class _WriteOptions(TypedDict):
+    """The keyword arguments of :func:`write_events` that every way of writing shares."""
+
+    overwrite: bool
+    compression: str
+    expected_chunks: int
+    extra: Callable[[], dict[str, str]]
+
+
 def _check_request(
-    paths, run: _Run, workers: int, out: Path, overwrite: bool, compression: str
+    paths: Mapping[str, str | os.PathLike | None],
+    run: _Run,
+    workers: int,
+    out: Path,
+    overwrite: bool,
+    compression: str,
 ) -> None:
     """Fail before any work: no model, a bad option, an existing ``out``, a bad codec."""
     if all(p is None for p in paths.values()):
@@ -449,7 +472,7 @@ def _check_request(
 
 def _load_models(
     paths: Mapping[str, str | os.PathLike | None], device: str, spline: str | None = None
-) -> dict:
+) -> dict[str, TrainedFlow]:
     """The trained flow of each object given a path, each checked to model that object;
     ``spline`` rebuilds them with that engine instead of their own."""
     dev = resolve_device(device)
@@ -528,7 +551,7 @@ def generate(
             f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
         )
     tally = _Tally.of(models)
-    write = {
+    write: _WriteOptions = {
         "overwrite": overwrite,
         "compression": compression,
         "expected_chunks": -(-total // step_events),
@@ -550,7 +573,16 @@ def generate(
     )
 
 
-def _write(out: Path, planned, models, gen_muons, run: _Run, tally, engine, write) -> dict:
+def _write(
+    out: Path,
+    planned: list[_Input],
+    models: Mapping[str, TrainedFlow],
+    gen_muons: GenMuons,
+    run: _Run,
+    tally: _Tally,
+    engine: tuple[int, str | None, bool],
+    write: _WriteOptions,
+) -> dict[str, int]:
     """Simulate every input into ``out``, in this process or (``workers > 1``, Dask) in
     tasks, with a progress bar of input events; the written counts."""
     workers, dask_scheduler, progress = engine
@@ -566,7 +598,16 @@ def _write(out: Path, planned, models, gen_muons, run: _Run, tally, engine, writ
         return write_events(out, chunks, on_chunk=on_chunk, **write)
 
 
-def _write_parallel(out: Path, planned, models, gen_muons, run: _Run, tally, engine, write):
+def _write_parallel(
+    out: Path,
+    planned: list[_Input],
+    models: Mapping[str, TrainedFlow],
+    gen_muons: GenMuons,
+    run: _Run,
+    tally: _Tally,
+    engine: tuple[int, str | None, Callable[[int], object]],
+    write: _WriteOptions,
+) -> dict[str, int]:
     """Simulate each input in its own task (processes or Dask), then merge the parts into
     ``out`` in input order (:mod:`flashsim.generate_files`); the written counts."""
     from flashsim.generate_files import FileTask, part_chunks, simulate_file, spool_next_to
@@ -591,7 +632,13 @@ def _write_parallel(out: Path, planned, models, gen_muons, run: _Run, tally, eng
         return write_events(out, part_chunks(parts, run.step_events * run.oversample), **write)
 
 
-def _provenance(models, run: _Run, gen_muons: str, planned, tally: _Tally) -> dict:
+def _provenance(
+    models: Mapping[str, TrainedFlow],
+    run: _Run,
+    gen_muons: GenMuons,
+    planned: list[_Input],
+    tally: _Tally,
+) -> dict[str, object]:
     """The ``flashsim`` string of the output file: models, options, inputs, counts."""
     return {
         "tool": f"flashsim {__version__}",

@@ -29,6 +29,7 @@ from flashsim.rootfile import TREE_NAME, write_events
 
 if TYPE_CHECKING:
     from flashsim.generate import _Input, _Run, _Tally
+    from flashsim.options import GenMuons
 
 _PART_COMPRESSION = "none"  # parts are read once, right away: no time spent compressing
 
@@ -42,7 +43,7 @@ class FileTask:
     first_event: int
     models: Mapping[str, str]
     device: str
-    gen_muons: str
+    gen_muons: GenMuons
     run: _Run
     part: str
     splines: Mapping[str, str] | None = None  # spline engine per object (None: its own)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class TrainedFlow:
     config: FlowConfig
     layout: Layout
     preprocessing: Preprocessing
-    metadata: dict
+    metadata: dict[str, Any]
     checkpoint: Path
     device: torch.device
 

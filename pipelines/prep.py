@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -89,12 +89,26 @@ from pipelines.writers import StoreWriter, open_writer
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-OnDone = Callable[[TaskResult], None]
-"""Called with each finished task's result."""
+
+class _Ordered(Protocol):
+    """What the engine needs of a task's result: its order key and its event count."""
+
+    @property
+    def file_index(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def events(self) -> int: ...
+
+
+_T = TypeVar("_T")
+"""A task (prep's :class:`Task`, or generate's)."""
+_R = TypeVar("_R", bound=_Ordered)
+"""A task's result (prep's :class:`TaskResult`, or generate's)."""
 OnEvents = Callable[[int], object]
 """Called with the number of events (or rows) just read: progress (a tqdm bar's update;
 what it returns is not used)."""
-TaskFn = Callable[..., TaskResult]
+TaskFn = Callable[..., _R]
 """Runs one task: ``fn(task, on_step=None)`` (prep's :func:`run_task`, or generate's)."""
 
 log = logging.getLogger("flashsim.prep")
@@ -379,14 +393,18 @@ def _tasks(
 
 
 def _run_serial(
-    tasks: Sequence[Task], on_done: OnDone, on_events: OnEvents, fn: TaskFn = run_task
+    tasks: Sequence[_T], on_done: Callable[[_R], None], on_events: OnEvents, fn: TaskFn[_R]
 ) -> None:
     for task in tasks:
         on_done(fn(task, on_step=on_events))
 
 
 def _run_processes(
-    tasks: Sequence[Task], workers: int, on_done: OnDone, on_events: OnEvents, fn: TaskFn = run_task
+    tasks: Sequence[_T],
+    workers: int,
+    on_done: Callable[[_R], None],
+    on_events: OnEvents,
+    fn: TaskFn[_R],
 ) -> None:
     # spawn: a fresh interpreter per worker; forking a parent that may hold threads
     # (tqdm, zarr's event loop) is not safe.
@@ -408,12 +426,12 @@ def _run_processes(
 
 
 def _run_dask(
-    tasks: Sequence[Task],
+    tasks: Sequence[_T],
     address: str,
     workers: int,
-    on_done: OnDone,
+    on_done: Callable[[_R], None],
     on_events: OnEvents,
-    fn: TaskFn = run_task,
+    fn: TaskFn[_R],
 ) -> None:
     try:
         from distributed import Client, LocalCluster
@@ -453,21 +471,21 @@ def _run_dask(
 
 
 def execute(
-    tasks: Sequence[Task],
+    tasks: Sequence[_T],
     workers: int,
     dask_scheduler: str | None,
     on_events: OnEvents,
-    fn: TaskFn = run_task,
-) -> list[TaskResult]:
+    fn: TaskFn[_R],
+) -> list[_R]:
     """Run ``tasks`` serially, in processes or on Dask; results in input order.
 
-    ``fn(task, on_step=None)`` runs one task (default: prep's :func:`run_task`; ``flashsim
+    ``fn(task, on_step=None)`` runs one task (prep's :func:`run_task`; ``flashsim
     generate`` passes its own); a result has ``file_index`` and ``start``, its order key.
     ``on_events(n)`` reports progress.
     """
-    results: dict[tuple[int, int], TaskResult] = {}
+    results: dict[tuple[int, int], _R] = {}
 
-    def on_done(result: TaskResult) -> None:
+    def on_done(result: _R) -> None:
         results[(result.file_index, result.start)] = result
 
     if dask_scheduler:
@@ -817,7 +835,7 @@ def _read(
         desc="read",
         disable=not progress,
     ) as bar:
-        results = execute(tasks, workers, dask_scheduler, bar.update)
+        results = execute(tasks, workers, dask_scheduler, bar.update, fn=run_task)
     return results, time.perf_counter() - t_read
 
 

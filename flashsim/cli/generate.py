@@ -97,24 +97,24 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an error).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def generate(
-    inputs,
-    out,
-    jets,
-    muons,
-    seed,
-    device,
-    spline,
-    step_events,
-    oversample,
-    max_redraws,
-    workers,
-    dask_scheduler,
-    branch_map,
-    branch_options,
-    compression,
-    overwrite,
-    quiet,
-):
+    inputs: tuple[str, ...],
+    out: str,
+    jets: str | None,
+    muons: str | None,
+    seed: int,
+    device: str,
+    spline: str | None,
+    step_events: int,
+    oversample: int,
+    max_redraws: int,
+    workers: int,
+    dask_scheduler: str | None,
+    branch_map: str | None,
+    branch_options: tuple[str, ...],
+    compression: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Simulate reconstructed jets and muons of NanoAOD events with trained flows.
 
     For every GenJet (and every final-state gen muon) of each INPUT event, the
