@@ -545,16 +545,11 @@ def generate(
     models = _load_models(paths, device, spline)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
-    total = sum(inp.n_events for inp in planned)
-    if total == 0:
-        raise InputError(
-            f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
-        )
     tally = _Tally.of(models)
     write: _WriteOptions = {
         "overwrite": overwrite,
         "compression": compression,
-        "expected_chunks": -(-total // step_events),
+        "expected_chunks": -(-_total_events(planned) // step_events),
         "extra": lambda: {
             "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
         },
@@ -571,6 +566,16 @@ def generate(
         oversample=oversample,
         samples=tally.samples,
     )
+
+
+def _total_events(planned: list[_Input]) -> int:
+    """Events in all inputs; refuses inputs without any."""
+    total = sum(inp.n_events for inp in planned)
+    if total == 0:
+        raise InputError(
+            f"{', '.join(str(i.path) for i in planned)}: no events to simulate (empty Events)."
+        )
+    return total
 
 
 def _write(
