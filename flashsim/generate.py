@@ -1,7 +1,8 @@
 """FlashSim generation: NanoAOD-like reconstructed jets and muons from generator-level
 events, sampled from trained flows.
 
-For every ``GenJet`` (jets model) and every final-state gen muon (muons model:
+For every ``GenJet`` (a jets model: any layout of kind ``jets``, given as ``jets=``) and
+every final-state gen muon (muons model:
 ``GenPart`` with ``|pdgId| == 13`` and ``status == 1``) of each input event, the conditioning is computed exactly as ``flashsim prep`` computes it
 (:mod:`pipelines.features`), preprocessed with the chain stored in the checkpoint, and
 one reconstructed object is sampled (``oversample`` K: one per copy of the event). The
@@ -13,8 +14,13 @@ to physical units and to NanoAOD branches:
 * ``Jet_pt = MJet_ptRatio * GenJet_pt``, ``Jet_eta = GenJet_eta + MJet_etaMinusGen``,
   ``Jet_phi`` likewise (wrapped to [-π, π)), ``Jet_mass = MJet_massRatio * GenJet_mass``
   (ratios below 0 set to 0: a badly trained flow can sample them);
-  the other targets are copied (integers rounded); ``Jet_genJetIdx`` points to the
-  GenJet, ``Jet_hadronFlavour``/``Jet_partonFlavour`` are the GenJet's;
+  the other targets are copied to the branch the layout copied them from
+  (:attr:`flashsim.layouts.Layout.copied`, integers rounded), with its NanoAOD type; a
+  generation-neutral branch (``jets-run3``'s ``Jet_btagParTAK4B``) is written under the
+  name of the generation the model was trained on (``Jet_btagRobustParTAK4B`` for v12,
+  ``Jet_btagUParTAK4B`` for v15, as the store's ``generation_branches`` record);
+  ``Jet_genJetIdx`` points to the GenJet, ``Jet_hadronFlavour``/``Jet_partonFlavour`` are
+  the GenJet's;
 * ``Muon_pt``, ``Muon_eta``, ``Muon_phi`` the same way from the gen muon,
   ``Muon_charge`` from its pdgId, ``Muon_mass`` the muon mass, ids as booleans,
   ``Muon_genPartIdx`` pointing to the ``GenPart``.
@@ -56,29 +62,22 @@ from flashsim.devices import resolve_device
 from flashsim.errors import FlashSimError, InputError
 from flashsim.events import COLLECTIONS, EVENT_BRANCHES, Collection, EventChunk
 from flashsim.kinematics import MUON_MASS, wrap_phi
-from flashsim.layouts import Layout
+from flashsim.layouts import JET_KIND, KINDS, MUON_KIND, Layout
 from flashsim.noise import noise_block
 from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 from flashsim.rootfile import DEFAULT_COMPRESSION, check_output, parse_compression, write_events
 from flashsim.safe_sampling import DEFAULT_MAX_REDRAWS, SampleCounts, draw_targets
 from flashsim.sampling import TrainedFlow
-from pipelines.branches import (
-    GENJET_VALUE_BRANCHES,
-    JET_VALUE_BRANCHES,
-    MUON_VALUE_BRANCHES,
-    BranchPlan,
-    materialize,
-    resolve_branches,
-)
+from pipelines.branches import GENJET_VALUE_BRANCHES, BranchPlan, materialize, resolve_branches
 from pipelines.features import GEN_CONDITIONING, charge_from_pdg_id
 from pipelines.inputs import expand_inputs
 from pipelines.nanoaod import close_cached, inspect_nanoaod, iterate_steps
+from pipelines.profiles import DERIVATIONS
 from pipelines.tasks import DEFAULT_STEP_EVENTS
 
-OBJECTS = ("jets", "muons")
-COLLECTION_OF = {"jets": "Jet", "muons": "Muon"}
-"""Output collection of each object."""
-"""GeV (PDG 2024)."""
+OBJECTS: tuple[str, ...] = tuple(KINDS)
+"""The models generate takes, one per kind (``jets=``, ``muons=``): a model of any layout
+of that kind; a kind's position keys its noise streams."""
 ID_BRANCHES = ("run", "luminosityBlock", "event")
 EVENT_INDEX_BRANCH = "FlashSim_eventIndex"
 """uint64: position of the original generator-level event among all events of the inputs
@@ -133,8 +132,11 @@ def _sort_by_pt(counts: np.ndarray, fields: dict[str, np.ndarray]) -> dict[str, 
     return {k: v[order] for k, v in fields.items()}
 
 
-def _typed(collection: str, fields: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    dtypes = COLLECTIONS[collection]
+def _typed(
+    collection: str, fields: Mapping[str, np.ndarray], types: Mapping[str, np.dtype] | None = None
+) -> dict[str, np.ndarray]:
+    """``fields`` with their NanoAOD types: ``types`` (a layout's), else the collection's."""
+    dtypes = {**COLLECTIONS[collection], **(types or {})}
     out = {}
     for name, values in fields.items():
         dtype = dtypes[name]
@@ -160,11 +162,51 @@ def _columns(layout: Layout, conditioning: np.ndarray, targets: np.ndarray):
     return gen, reco
 
 
+def written_branches(layout: Layout, metadata: Mapping) -> dict[str, tuple[str, str | None]]:
+    """Target column -> ``(field of the collection, involution or None)`` that generate
+    writes for each copied target: the layout's branch, or for a generation-neutral one the
+    generation's own that the store recorded (``generation_branches``, :mod:`pipelines.profiles`)."""
+    prefix = f"{KINDS[layout.kind].collection}_"
+    own = {
+        g["branch"]: (g["reads"][0], g["derive"]) for g in metadata.get("generation_branches", [])
+    }
+    return {
+        column: (name.removeprefix(prefix), derive)
+        for column, (name, derive) in (
+            (column, own.get(branch, (branch, None)))
+            for column, branch in layout.copied_branches.items()
+        )
+    }
+
+
+def _copied(model: TrainedFlow, reco: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """The copied targets as the fields generate writes (:func:`written_branches`)."""
+    fields = {}
+    for column, (name, derive) in written_branches(model.layout, model.metadata).items():
+        values = reco(column)
+        fields[name] = values if derive is None else np.asarray(DERIVATIONS[derive](values))
+    return fields
+
+
+def field_types(model: TrainedFlow) -> dict[str, np.dtype]:
+    """The NanoAOD type of each written field whose layout declares one (others: the
+    collection's in :data:`flashsim.events.COLLECTIONS`); a copied target's under the name
+    it is written with."""
+    declared = {b: np.dtype(t) for b, t in model.layout.branch_types}
+    branches = model.layout.copied_branches
+    prefix = f"{KINDS[model.layout.kind].collection}_"
+    types = {b.removeprefix(prefix): t for b, t in declared.items() if b not in branches.values()}
+    for column, (name, _) in written_branches(model.layout, model.metadata).items():
+        if branches[column] in declared:
+            types[name] = declared[branches[column]]
+    return types
+
+
 def reco_jets(
-    layout: Layout, conditioning: np.ndarray, targets: np.ndarray
+    model: TrainedFlow, conditioning: np.ndarray, targets: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """``Jet_*`` fields from raw conditioning ``(n, 14)`` and physical targets ``(n, 17)``."""
-    gen, reco = _columns(layout, conditioning, targets)
+    """``Jet_*`` fields from raw conditioning ``(n, 14)`` and physical targets ``(n, n_targets)``."""
+    gen, reco = _columns(model.layout, conditioning, targets)
     # a pT or mass is never negative, whatever a (badly trained) flow samples
     fields = {
         "pt": np.maximum(reco("MJet_ptRatio"), 0.0) * gen("MGenJet_pt"),
@@ -172,18 +214,18 @@ def reco_jets(
         "phi": wrap_phi(gen("MGenJet_phi") + reco("MJet_phiMinusGen")),
         "mass": np.maximum(reco("MJet_massRatio"), 0.0) * gen("MGenJet_mass"),
     }
-    fields.update({b.removeprefix("Jet_"): reco(c) for c, b in JET_VALUE_BRANCHES.items()})
+    fields.update(_copied(model, reco))
     fields["hadronFlavour"] = gen("MGenJet_hadronFlavour")
     fields["partonFlavour"] = gen("MGenJet_partonFlavour")
     return fields
 
 
 def reco_muons(
-    layout: Layout, conditioning: np.ndarray, targets: np.ndarray, pdg_id: np.ndarray
+    model: TrainedFlow, conditioning: np.ndarray, targets: np.ndarray, pdg_id: np.ndarray
 ) -> dict[str, np.ndarray]:
     """``Muon_*`` fields from raw conditioning ``(n, 30)``, physical targets ``(n, 22)``
     and the gen muons' pdgId ``(n,)``."""
-    gen, reco = _columns(layout, conditioning, targets)
+    gen, reco = _columns(model.layout, conditioning, targets)
     fields = {
         "pt": np.maximum(reco("MMuon_ptRatio"), 0.0) * gen("MGenMuon_pt"),
         "eta": gen("MGenMuon_eta") + reco("MMuon_etaMinusGen"),
@@ -191,7 +233,7 @@ def reco_muons(
         "mass": np.full(len(conditioning), MUON_MASS),
         "charge": charge_from_pdg_id(pdg_id),
     }
-    fields.update({b.removeprefix("Muon_"): reco(c) for c, b in MUON_VALUE_BRANCHES.items()})
+    fields.update(_copied(model, reco))
     return fields
 
 
@@ -230,7 +272,7 @@ def _noise(model: TrainedFlow, stream: _Stream, n_gen: int, source: np.ndarray, 
     """``noise(attempt)``: the base noise of each repeated object, from its gen object's
     position in the file (``source``: relative to the step's first gen object) in the
     stream of its ``fold``: fold 0 of any K is the K = 1 sample."""
-    key = (stream.seed, stream.file_index, OBJECTS.index(model.object))
+    key = (stream.seed, stream.file_index, OBJECTS.index(model.layout.kind))
     width = model.layout.n_targets
 
     def draw(attempt: int) -> np.ndarray:
@@ -263,8 +305,8 @@ def _simulate(
 ) -> _Simulated:
     """Sample ``stream.oversample`` reconstructed objects per gen-level object of one step,
     one per copy of its event (copies of an event consecutive)."""
-    obj, k = model.object, stream.oversample
-    gen = GEN_CONDITIONING[obj](ev, gen_muons)
+    kind, k = KINDS[model.layout.kind], stream.oversample
+    gen = GEN_CONDITIONING[model.layout.name](ev, gen_muons)
     finite = np.isfinite(gen.rows).all(axis=1)
     event = np.repeat(np.arange(len(gen.counts)), gen.counts)[finite]
     counts, take = repeat_events(np.bincount(event, minlength=len(gen.counts)), k)
@@ -274,17 +316,40 @@ def _simulate(
     conditioning = model.preprocess_conditioning(rows, seed=stream.step_seed)
     noise = _noise(model, stream, len(gen.rows), source, fold)
     targets, samples = draw_targets(model, conditioning, noise, max_redraws)
-    if obj == "jets":
-        fields = reco_jets(model.layout, rows, targets)
-        fields["genJetIdx"] = index
-    else:
-        n_parts = _counts(ev["GenPart_pt"])
-        starts = np.cumsum(n_parts) - n_parts
-        pdg_id = _flat(ev["GenPart_pdgId"])[starts[event[take]] + index]
-        fields = reco_muons(model.layout, rows, targets, pdg_id)
-        fields["genPartIdx"] = index
-    fields = _typed(COLLECTION_OF[obj], _sort_by_pt(counts, fields))
+    fields = _RECO_FIELDS[kind.name](model, ev, rows, targets, event[take], index)
+    fields[kind.index_branch.removeprefix(f"{kind.collection}_")] = index  # genJetIdx, ...
+    fields = _typed(kind.collection, _sort_by_pt(counts, fields), field_types(model))
     return _Simulated(Collection(counts, fields), len(gen.rows), int((~finite).sum()), samples)
+
+
+def _jet_fields(
+    model: TrainedFlow,
+    ev: Mapping[str, ak.Array],
+    rows: np.ndarray,
+    targets: np.ndarray,
+    events: np.ndarray,
+    index: np.ndarray,
+) -> dict[str, np.ndarray]:
+    return reco_jets(model, rows, targets)
+
+
+def _muon_fields(
+    model: TrainedFlow,
+    ev: Mapping[str, ak.Array],
+    rows: np.ndarray,
+    targets: np.ndarray,
+    events: np.ndarray,
+    index: np.ndarray,
+) -> dict[str, np.ndarray]:
+    n_parts = _counts(ev["GenPart_pt"])
+    starts = np.cumsum(n_parts) - n_parts
+    pdg_id = _flat(ev["GenPart_pdgId"])[starts[events] + index]
+    return reco_muons(model, rows, targets, pdg_id)
+
+
+_RECO_FIELDS = {JET_KIND.name: _jet_fields, MUON_KIND.name: _muon_fields}
+"""Per kind: ``(model, events, raw conditioning, physical targets, event and gen index
+of each object) -> fields`` of the reconstructed collection."""
 
 
 def _gen_collections(ev: Mapping[str, ak.Array], k: int) -> dict[str, Collection]:
@@ -406,7 +471,8 @@ def _chunks(
             ev = materialize(arrays, inp.plan, n_events)
             collections = _gen_collections(ev, run.oversample)
             for obj, model in models.items():
-                definition = gen_muons if obj == "jets" else FINAL_STATE
+                # the jets' nearest gen muons as their store had them; muons: final-state
+                definition = gen_muons if obj == JET_KIND.name else FINAL_STATE
                 stream = _Stream(
                     run.seed,
                     inp.index,
@@ -415,7 +481,7 @@ def _chunks(
                     _step_seed(run.seed, inp.index, step, obj),
                 )
                 sim = _simulate(model, ev, definition, stream, run.max_redraws)
-                collections[COLLECTION_OF[obj]] = sim.collection
+                collections[KINDS[obj].collection] = sim.collection
                 first_object[obj] += sim.n_gen
                 tally.skipped[obj] += sim.skipped
                 tally.samples[obj].add(sim.samples)
@@ -473,17 +539,23 @@ def _check_request(
 def _load_models(
     paths: Mapping[str, str | os.PathLike | None], device: str, spline: str | None = None
 ) -> dict[str, TrainedFlow]:
-    """The trained flow of each object given a path, each checked to model that object;
-    ``spline`` rebuilds them with that engine instead of their own."""
+    """The trained flow of each kind given a path (``{"jets": path}``), each checked to
+    model a layout of that kind; ``spline`` rebuilds them with that engine instead of their
+    own."""
     dev = resolve_device(device)
     models = {
         o: TrainedFlow.load(p, device=dev, spline=spline) for o, p in paths.items() if p is not None
     }
     for obj, model in models.items():
-        if model.object != obj:
+        if model.layout.kind != obj:
+            name = (
+                model.object
+                if model.object == model.layout.kind
+                else (f"{model.object} ({model.layout.kind})")
+            )
             raise FlashSimError(
-                f"{model.checkpoint} models {model.object}, but it was given as the {obj} "
-                f"model; pass it as --{model.object}."
+                f"{model.checkpoint} models {name}, but it was given as the {obj} "
+                f"model; pass it as --{model.layout.kind}."
             )
     return models
 

@@ -166,7 +166,7 @@ def _paper(obj: str) -> Preset:
     flow = _flow(
         obj,
         num_flow_steps=layout_for(obj).n_targets,  # 17 for jets, 22 for muons, as in the paper
-        hidden_features={"jets": 298, "muons": 256}[obj],
+        hidden_features=layout_for(obj).paper_hidden_features,  # 298 jets, 256 muons
         num_blocks=10,
         num_bins=128,
         tail_bound=1.0,

@@ -31,7 +31,7 @@ from nflows import flows
 
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig
-from flashsim.layouts import DTYPE, Layout, layout_for
+from flashsim.layouts import DTYPE, LAYOUTS, Layout, layout_for
 from flashsim.model import load_model
 from flashsim.transforms import Preprocessing
 from flashsim.valid import TargetValues
@@ -106,7 +106,7 @@ class TrainedFlow:
         flow: the nflows flow, in eval mode, on ``device``; sampling runs its inverse, with
             the spline engine of ``config.spline``.
         config: its hyperparameters.
-        layout: the column layout (jets or muons).
+        layout: the column layout (:data:`flashsim.layouts.LAYOUTS`).
         preprocessing: the store's preprocessing chain (forward and inverse).
         metadata: the store metadata saved in the checkpoint.
         checkpoint: the file it was loaded from.
@@ -130,10 +130,11 @@ class TrainedFlow:
         checkpoint = resolve_checkpoint(path)
         flow, config, meta = load_model(checkpoint, device=device, spline=spline)
         obj = meta.get("object")
-        if obj not in ("jets", "muons"):
+        if obj not in LAYOUTS:
             raise FlashSimError(
-                f"{checkpoint}: the checkpoint does not say which object it models (jets or "
-                "muons); it was not written by `flashsim train` of this version."
+                f"{checkpoint}: the checkpoint does not say which layout it models (one of "
+                f"{', '.join(LAYOUTS)}; it says {obj!r}); it was not written by `flashsim "
+                "train` of this version."
             )
         layout = layout_for(obj)
         if (config.n_conditioning, config.n_targets) != (layout.n_conditioning, layout.n_targets):

@@ -30,7 +30,7 @@ from typing import Literal
 
 from flashsim import __version__
 from flashsim.errors import StoreError
-from flashsim.layouts import Layout, layout_for
+from flashsim.layouts import LAYOUTS, Layout
 from flashsim.options import HDF5, STORE_FORMATS, WEBDATASET, ZARR, Choices, StoreFormat
 
 FORMATS: tuple[StoreFormat, ...] = STORE_FORMATS.values
@@ -55,7 +55,8 @@ _SUFFIX = {ZARR: ".zarr", WEBDATASET: "-wds", HDF5: ".h5"}
 
 
 def store_path(out_dir: str | os.PathLike, obj: str, fmt: str) -> Path:
-    """Path of the ``fmt`` store of object ``obj`` inside ``out_dir``."""
+    """Path of the ``fmt`` store of layout ``obj`` (``jets``, ``jets-run3``, ...) inside
+    ``out_dir``: ``out_dir/<obj>.zarr``, ``<obj>-wds``, ``<obj>.h5``."""
     return Path(out_dir) / f"{obj}{_SUFFIX[STORE_FORMATS.normalize(fmt, StoreError)]}"
 
 
@@ -134,7 +135,7 @@ def store_layout(meta: dict, expected_object: str | None = None, path: str = "")
             f"Pass the {expected_object} store (e.g. "
             f"{store_path(Path(path).parent if path else DEFAULT_DATA_DIR, expected_object, meta.get('format', 'zarr'))}) instead."
         )
-    layout = layout_for(obj) if obj in ("jets", "muons") else None
+    layout = LAYOUTS.get(obj) if isinstance(obj, str) else None
     stored = meta.get("layout")
     columns = stored.get("columns") if isinstance(stored, dict) else None
     if not isinstance(columns, list):
@@ -146,7 +147,9 @@ def store_layout(meta: dict, expected_object: str | None = None, path: str = "")
     if layout is None or len(columns) != layout.n_columns:
         raise StoreError(
             f"{path or 'The store'} has an unknown layout (object {obj!r}, "
-            f"{len(columns or [])} columns); flashsim knows jets (31) and muons (52)."
+            f"{len(columns or [])} columns); flashsim knows "
+            + ", ".join(f"{n} ({lay.n_columns})" for n, lay in LAYOUTS.items())
+            + "."
         )
     return layout
 
@@ -188,6 +191,6 @@ def find_store(
     wanted = f"the {fmt} store" if fmt else "a store"
     raise StoreError(
         f"{p} holds no {obj} data ({wanted} such as {store_path(p, obj, fmt or 'zarr')} is "
-        f"missing). Run `flashsim prep INPUT --out {p}/ --objects {obj}"
+        f"missing). Run `flashsim prep INPUT --out {p}/ --layout {obj}"
         + (f" --format {fmt}`." if fmt else "`.")
     )

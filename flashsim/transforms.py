@@ -24,13 +24,24 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 
-from flashsim.layouts import DTYPE, JETS, MUON_FLAG_TARGETS, MUONS, Layout, layout_for
+from flashsim.layouts import (
+    DTYPE,
+    JETS,
+    JETS_RUN3,
+    LAYOUTS,
+    MUON_FLAG_TARGETS,
+    MUONS,
+    RUN3_FRACTIONS,
+    RUN3_SCORES,
+    Layout,
+    layout_for,
+)
 from flashsim.options import SUM_EOOT, SUM_EOOT_LOG1P, SumEOOT
 
 
@@ -226,8 +237,75 @@ class Dequantize(Step):
         return f"x + {self.sigma}*N(0, 1)"
 
 
+@dataclass(frozen=True)
+class UniformDequantize(Step):
+    """``x + width * (U[0, 1) - 1/2)`` for a count (consecutive integers); inverse
+    ``round(y)``. Unlike :class:`Dequantize`, it fills the gaps between the integers, so
+    the flow sees a piecewise-constant density instead of spikes."""
+
+    width: float = 1.0
+    kind: ClassVar[str] = "uniform_dequantize"
+    random: ClassVar[bool] = True
+
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = self._needs(rng)
+        return x + self.width * (rng.random(x.shape[0]) - 0.5)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return np.round(y)
+
+    def describe(self) -> str:
+        return f"x + {self.width}*(U[0, 1) - 0.5)"
+
+
+@dataclass(frozen=True)
+class Logit(Step):
+    """A score in [0, 1] -> ``logit(clip(x, eps, 1 - eps))``; a failed score (negative:
+    NanoAOD's -1, or -3 and -10 for some networks) -> ``failed_to``, below every valid one.
+
+    Inverse: ``sigmoid(y)``, and ``failed`` (-1, NanoAOD's "not available") below
+    :attr:`threshold`, half-way between ``failed_to`` and ``logit(eps)``. Lossy: the
+    clipped tails and the different failed defaults are not recovered.
+    """
+
+    eps: float = 1e-5
+    failed_to: float = -15.0
+    failed: float = -1.0
+    kind: ClassVar[str] = "logit"
+    invertible: ClassVar[bool] = False
+    inverse_note: ClassVar[str] = "sigmoid(y); below the threshold -> failed (lossy)"
+
+    @property
+    def threshold(self) -> float:
+        """Below it, a preprocessed value is a failed score."""
+        return 0.5 * (self.failed_to + float(np.log(self.eps / (1.0 - self.eps))))
+
+    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        p = np.clip(x, self.eps, 1.0 - self.eps)
+        return np.where(x < 0, self.failed_to, np.log(p / (1.0 - p)))
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # exp of a far negative sample: sigmoid 0
+            score = 1.0 / (1.0 + np.exp(-y))
+        return np.where(y < self.threshold, self.failed, score)
+
+    def describe(self) -> str:
+        return f"logit(clip(x, {self.eps}, 1 - {self.eps})); x<0 -> {self.failed_to}"
+
+
 STEP_KINDS: dict[str, type[Step]] = {
-    cls.kind: cls for cls in (Clip, NegativeTo, Log, Log1p, Arctan, SmearSpike, Dequantize)
+    cls.kind: cls
+    for cls in (
+        Clip,
+        NegativeTo,
+        Log,
+        Log1p,
+        Arctan,
+        SmearSpike,
+        Dequantize,
+        UniformDequantize,
+        Logit,
+    )
 }
 
 
@@ -398,4 +476,59 @@ def muon_preprocessing(sum_eoot: SumEOOT = SUM_EOOT_LOG1P) -> Preprocessing:
 
 MUON_PREPROCESSING = muon_preprocessing()
 
-PREPROCESSING: dict[str, Preprocessing] = {"jets": JET_PREPROCESSING, "muons": MUON_PREPROCESSING}
+
+def _score(column: str, logit: Logit = Logit()) -> list[tuple[str, Step]]:
+    """A tagger score: logit, and its failed spike smeared by N(failed_to, 0.3), 5.8
+    standard deviations below the threshold the inverse maps back to "failed"."""
+    spike = SmearSpike(logit.threshold, logit.failed_to, 0.3, fill=logit.failed_to)
+    return [(column, logit), (column, spike)]
+
+
+def _fraction(column: str) -> list[tuple[str, Step]]:
+    """An energy fraction: kept in [0, 1] (inverse: clipped there), its spike of zeros
+    (no particle of that type) smeared by N(-0.1, 0.02) and given back exactly as 0."""
+    return [(column, Clip(0.0, 1.0)), (column, SmearSpike(0.0, -0.1, 0.02, fill=0.0))]
+
+
+_NOT_EVALUATED = SmearSpike(0.0, -0.5, 0.05, fill=0.0)
+"""The ParticleNet regression's 0 (not evaluated: the softest jets) smeared below its
+valid values (> 0.15) and given back exactly."""
+_RES_OFFSET = 0.001
+
+JET_RUN3_PREPROCESSING = Preprocessing(
+    JETS_RUN3,
+    (
+        ("MJet_massRatio", Clip(0.0, 7.0)),
+        ("MJet_ptRatio", Clip(0.0, 3.0)),
+        *(step for column in RUN3_SCORES for step in _score(column)),
+        *_each(("MJet_PNetRegPtRawCorr", "MJet_PNetRegPtRawCorrNeutrino"), _NOT_EVALUATED),
+        ("MJet_PNetRegPtRawRes", Log(_RES_OFFSET)),  # right-skewed, 0.014 to 0.64
+        (
+            "MJet_PNetRegPtRawRes",
+            SmearSpike(-5.5, -7.5, 0.3, fill=float(np.log(_RES_OFFSET))),
+        ),
+        *(step for column in RUN3_FRACTIONS for step in _fraction(column)),
+        ("MJet_nConstituents", UniformDequantize(1.0)),
+        ("MJet_jetId", Dequantize(0.1)),
+    ),
+)
+"""The preprocessing of the ``jets-run3`` layout (docs/prep.md gives the reasons)."""
+
+_CHAINS: dict[str, Callable[[SumEOOT], Preprocessing]] = {
+    JETS.name: lambda _sum_eoot: JET_PREPROCESSING,
+    MUONS.name: muon_preprocessing,
+    JETS_RUN3.name: lambda _sum_eoot: JET_RUN3_PREPROCESSING,
+}
+"""Each layout's default preprocessing, as a function of the only option a chain has (the
+muons' ``Pileup_sumEOOT`` transform)."""
+assert set(_CHAINS) == set(LAYOUTS)  # every layout has one
+
+
+def preprocessing_of(obj: str, sum_eoot: SumEOOT = SUM_EOOT_LOG1P) -> Preprocessing:
+    """The default preprocessing of layout ``obj`` (``sum_eoot``: see :func:`muon_preprocessing`)."""
+    layout_for(obj)  # a FlashSimError naming the layouts for an unknown name
+    return _CHAINS[obj](sum_eoot)
+
+
+PREPROCESSING: dict[str, Preprocessing] = {name: preprocessing_of(name) for name in _CHAINS}
+"""Each layout's default preprocessing (the muons' with ``Pileup_sumEOOT -> log1p``)."""

@@ -90,7 +90,8 @@ def open(
             original-* -> hdf5, resident/auto -> any, zarr first), or for
             ``original-muons`` a list of HDF5 files.
         split: ``"train"`` or ``"val"``.
-        object: ``"jets"`` or ``"muons"`` (needed when a directory holds both).
+        object: the layout, ``"jets"``, ``"muons"``, ``"jets-run3"`` (needed when a
+            directory holds stores of several).
         kind: one of :data:`KINDS`.
         batch_size: rows per batch.
         shuffle: shuffle rows (order a function of ``(seed, epoch)``); ``False`` keeps

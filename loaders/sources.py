@@ -57,6 +57,7 @@ KIND_FORMATS: dict[str, tuple[str, ...]] = {
 log = logging.getLogger("flashsim.loaders")
 
 KIND_OBJECT = {"original-jets": "jets", "original-muons": "muons"}
+"""The layout each original loader reads (the original trainings' paper layouts)."""
 
 TARGET_UNIT_BYTES = 4 * 2**20
 """HDF5 units are whole HDF5 chunks grouped to about this many bytes."""
@@ -92,9 +93,10 @@ def locate(
     kind = LOADER_KINDS.normalize(kind)
     implied = KIND_OBJECT.get(kind)
     if obj is not None and implied is not None and obj != implied:
+        own = f"original-{obj}" if f"original-{obj}" in KIND_FORMATS else "chunked"
         raise FlashSimError(
             f"Loader kind {kind!r} reads {implied}, but object={obj!r} was asked for. "
-            f"Use kind='original-{obj}' or drop the object argument."
+            f"Use kind={own!r} or drop the object argument."
         )
     obj = obj or implied
     paths: tuple[Path, ...]
@@ -166,7 +168,8 @@ def _store_for(data: str | os.PathLike, kind: str, obj: str | None) -> Path:
         present = sorted({o for o in OBJECTS for f in formats if store_path(p, o, f).exists()})
         if len(present) > 1:
             raise FlashSimError(
-                f"{p} holds both jets and muons stores; pass object='jets' or object='muons'."
+                f"{p} holds stores of several layouts ({', '.join(present)}); pass object= "
+                f"one of them (e.g. object={present[0]!r})."
             )
         obj = present[0] if present else OBJECTS[0]
     if obj is None:  # not a directory: let find_store explain what is missing

@@ -37,10 +37,11 @@ import awkward as ak
 import numpy as np
 
 from flashsim.errors import InputError
-from flashsim.layouts import JETS, MUONS
+from flashsim.layouts import JET_KIND, JETS, LAYOUTS, MUON_KIND, MUONS, OBJECTS, layout_for
 from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
 from pipelines.profiles import (
     DERIVATIONS,
+    GENERATION,
     PROFILES,
     RUN2,
     Profile,
@@ -49,26 +50,13 @@ from pipelines.profiles import (
 )
 
 # ---------------------------------------------------------------------------
-# What each object reads. Value branches are copied into one layout column each;
-# the rest are kinematics and matching indices that several features use.
+# What each layout reads. Copied branches fill one layout column each (the layout's
+# ``copied`` targets, the kind's conditioning values); the rest are kinematics and
+# matching indices of the layout's kind that several features use.
 # ---------------------------------------------------------------------------
 
-JET_VALUE_BRANCHES: dict[str, str] = {
-    "MJet_area": "Jet_area",
-    "MJet_btagCMVA": "Jet_btagCMVA",
-    "MJet_btagCSVV2": "Jet_btagCSVV2",
-    "MJet_btagDeepB": "Jet_btagDeepB",
-    "MJet_btagDeepC": "Jet_btagDeepC",
-    "MJet_btagDeepFlavB": "Jet_btagDeepFlavB",
-    "MJet_btagDeepFlavC": "Jet_btagDeepFlavC",
-    "MJet_bRegCorr": "Jet_bRegCorr",
-    "MJet_nConstituents": "Jet_nConstituents",
-    "MJet_qgl": "Jet_qgl",
-    "MJet_muEF": "Jet_muEF",
-    "MJet_puId": "Jet_puId",
-    "MJet_jetId": "Jet_jetId",
-}
-"""Jet target column -> ``Jet_*`` branch copied for each matched jet."""
+JET_VALUE_BRANCHES: dict[str, str] = JETS.copied_branches
+"""Jet target column -> ``Jet_*`` branch copied for each matched jet (paper layout)."""
 
 GENJET_VALUE_BRANCHES: dict[str, str] = {
     "MGenJet_eta": "GenJet_eta",
@@ -78,32 +66,9 @@ GENJET_VALUE_BRANCHES: dict[str, str] = {
     "MGenJet_partonFlavour": "GenJet_partonFlavour",
     "MGenJet_hadronFlavour": "GenJet_hadronFlavour",
 }
-"""Jet conditioning column -> ``GenJet_*`` branch of the matched GenJet."""
+"""Jet conditioning column -> ``GenJet_*`` branch of the matched GenJet (every jet layout)."""
 
-MUON_VALUE_BRANCHES: dict[str, str] = {
-    f"MMuon_{v}": f"Muon_{v}"
-    for v in (
-        "dxy",
-        "dxyErr",
-        "dz",
-        "dzErr",
-        "ip3d",
-        "isGlobal",
-        "isPFcand",
-        "isTracker",
-        "jetPtRelv2",
-        "jetRelIso",
-        "mediumId",
-        "pfRelIso03_all",
-        "pfRelIso03_chg",
-        "pfRelIso04_all",
-        "ptErr",
-        "sip3d",
-        "softId",
-        "softMva",
-        "softMvaId",
-    )
-}
+MUON_VALUE_BRANCHES: dict[str, str] = MUONS.copied_branches
 """Muon target column -> ``Muon_*`` branch copied for each matched muon."""
 
 PILEUP_BRANCHES: dict[str, str] = {c: c for c in MUONS.columns if c.startswith("Pileup_")}
@@ -115,45 +80,62 @@ GENJET_KINEMATICS = ("GenJet_eta", "GenJet_phi", "GenJet_pt", "GenJet_mass")
 GENPART_KINEMATICS = ("GenPart_eta", "GenPart_phi", "GenPart_pt", "GenPart_pdgId")
 
 
+def _jet_gen_branches(gen_muons: GenMuons, generation: bool) -> tuple[str, ...]:
+    status = ("GenPart_status",) if gen_muons == FINAL_STATE else ()
+    return (*GENJET_VALUE_BRANCHES.values(), *GENPART_KINEMATICS, *status)
+
+
+def _muon_gen_branches(gen_muons: GenMuons, generation: bool) -> tuple[str, ...]:
+    gen = (
+        *GENPART_KINEMATICS,
+        "GenPart_statusFlags",
+        *GENJET_KINEMATICS,
+        *PILEUP_BRANCHES.values(),
+    )
+    # generation simulates the final-state muons (status 1) only
+    return (*gen, "GenPart_status") if generation else gen
+
+
+_KIND_BRANCHES = {
+    JET_KIND.name: (JET_KINEMATICS, _jet_gen_branches),
+    MUON_KIND.name: (MUON_KINEMATICS, _muon_gen_branches),
+}
+"""Per kind: the reco kinematics and index it reads, and its generator-level branches
+(the conditioning) as a function of ``(gen_muons, generation)``."""
+
+
 def required_branches(
     obj: str, gen_muons: GenMuons = FINAL_STATE, *, generation: bool = False
 ) -> tuple[str, ...]:
-    """Canonical branches object ``obj`` (``"jets"`` or ``"muons"``) needs, in a fixed order.
+    """Canonical branches layout ``obj`` (``"jets"``, ``"muons"``, ...) needs, in a fixed order.
 
     ``generation=True``: only the generator-level (and pileup) branches that the
     conditioning of every gen-level object needs (``flashsim generate``).
     """
-    status = ("GenPart_status",) if gen_muons == FINAL_STATE else ()
-    if obj == "jets":
-        gen = (*GENJET_VALUE_BRANCHES.values(), *GENPART_KINEMATICS, *status)
-        return gen if generation else (*JET_KINEMATICS, *gen, *JET_VALUE_BRANCHES.values())
-    if obj == "muons":
-        gen = (
-            *GENPART_KINEMATICS,
-            "GenPart_statusFlags",
-            *GENJET_KINEMATICS,
-            *PILEUP_BRANCHES.values(),
-        )
-        if generation:  # generation simulates the final-state muons (status 1) only
-            return (*gen, "GenPart_status")
-        return (*MUON_KINEMATICS, *gen, *MUON_VALUE_BRANCHES.values())
-    raise ValueError(f"unknown object {obj!r}")
+    layout = layout_for(obj)
+    reco, gen_branches = _KIND_BRANCHES[layout.kind]
+    gen = gen_branches(gen_muons, generation)
+    return gen if generation else (*reco, *gen, *layout.copied_branches.values())
 
 
 _VALUE_COLUMNS: dict[str, str] = {
     b: c
-    for table in (JET_VALUE_BRANCHES, GENJET_VALUE_BRANCHES, MUON_VALUE_BRANCHES, PILEUP_BRANCHES)
+    for table in (
+        *(layout.copied_branches for layout in LAYOUTS.values()),
+        GENJET_VALUE_BRANCHES,
+        PILEUP_BRANCHES,
+    )
     for c, b in table.items()
 }
-"""Value branch -> the layout column it fills."""
+"""Value branch -> the layout column it fills (the same name in every layout)."""
 
 CONSTANT_ALLOWED = frozenset(
-    (*JET_VALUE_BRANCHES.values(), *MUON_VALUE_BRANCHES.values(), *PILEUP_BRANCHES.values())
+    (*(b for lay in LAYOUTS.values() for b in lay.copied_branches.values()), *PILEUP_BRANCHES)
 )
 """Branches a constant may replace (per-object or per-event values, not kinematics or indices)."""
 
 KNOWN_BRANCHES = frozenset(
-    b for obj in ("jets", "muons") for g in GEN_MUONS for b in required_branches(obj, g)
+    b for obj in OBJECTS for g in GEN_MUONS for b in required_branches(obj, g)
 )
 
 
@@ -163,12 +145,9 @@ def column_of(branch: str) -> str | None:
 
 
 def is_target(branch: str) -> bool:
-    """True when ``branch`` fills a target (reconstructed) column."""
+    """True when ``branch`` fills a target (reconstructed) column (of any layout)."""
     col = column_of(branch)
-    if col is None:
-        return False
-    layout = JETS if col in JETS.columns else MUONS
-    return layout.index(col) >= layout.n_conditioning
+    return any(col in layout.target_columns for layout in LAYOUTS.values())
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +186,7 @@ def _canonical_key(key: str) -> str:
         return _COLUMN_TO_BRANCH[key]
     raise InputError(
         f"Unknown branch {key!r} in the branch mapping. Map one of the NanoAOD branches "
-        f"flashsim reads, e.g. {', '.join(sorted(CONSTANT_ALLOWED)[:4])}, ... "
+        f"flashsim reads, e.g. {', '.join(sorted(JET_VALUE_BRANCHES.values())[:4])}, ... "
         "(docs/prep.md lists them all), or a layout column such as MJet_puId."
     )
 
@@ -313,6 +292,12 @@ class BranchPlan:
     def substitutions(self) -> list[Source]:
         return [s for s in self.sources.values() if s.is_substitution]
 
+    @property
+    def generation_sources(self) -> list[Source]:
+        """The generation's own branches read for generation-neutral ones
+        (:attr:`pipelines.profiles.Profile.names`)."""
+        return [s for s in self.sources.values() if s.origin == GENERATION]
+
 
 _GEN_MARKERS = ("GenJet_", "GenPart_")
 
@@ -329,23 +314,45 @@ def _missing_message(path: str, missing: Iterable[str], profile: Profile) -> str
 class MissingBranches(InputError):
     """Raised with every missing branch of one file; prep merges these across files.
 
-    ``strict_blocked`` maps each branch ``--strict`` refused to its built-in substitute.
+    ``strict_blocked`` maps each branch ``--strict`` refused to its built-in substitute;
+    ``hint`` says why so much is missing (a layout of another NanoAOD generation).
     """
 
     def __init__(
-        self, path: str, missing: list[str], strict_blocked: dict[str, str], profile: str
+        self,
+        path: str,
+        missing: list[str],
+        strict_blocked: dict[str, str],
+        profile: str,
+        hint: str = "",
     ) -> None:
         self.path = path
         self.missing = missing
         self.strict_blocked = strict_blocked
         self.profile = profile
+        self.hint = hint
         super().__init__(format_missing([self]))
 
     def __reduce__(
         self,
-    ) -> tuple[type[MissingBranches], tuple[str, list[str], dict[str, str], str]]:
+    ) -> tuple[type[MissingBranches], tuple[str, list[str], dict[str, str], str, str]]:
         # picklable across processes despite the custom __init__
-        return (MissingBranches, (self.path, self.missing, self.strict_blocked, self.profile))
+        args = (self.path, self.missing, self.strict_blocked, self.profile, self.hint)
+        return (MissingBranches, args)
+
+
+def _generation_hint(path: str, objects: Iterable[str], profile: Profile) -> str:
+    """Why a file lacks a layout's branches: it is not of a generation the layout reads."""
+    foreign = [
+        lay
+        for lay in map(layout_for, objects)
+        if lay.generations and profile.name not in lay.generations
+    ]
+    return "".join(
+        f" The {lay.name} layout reads {' and '.join(lay.generations)} NanoAOD, but {path} "
+        f"is {profile.title}; prepare it with the paper layouts (--layout jets,muons)."
+        for lay in foreign
+    )
 
 
 def _profile_title(name: str) -> str:
@@ -370,6 +377,7 @@ def format_missing(errors: list[MissingBranches]) -> str:
             + (f", or a constant, e.g. --branch {const_ok[0]}=-1" if const_ok else "")
             + ") or all at once with --branch-map FILE.json "
             '({"NAME": "SOURCE_BRANCH" or number, ...}); docs/prep.md lists the branches.'
+            + "".join(dict.fromkeys(e.hint for e in missing))
         )
     if blocked:
         subs = {b: d for e in blocked for b, d in e.strict_blocked.items()}
@@ -396,10 +404,15 @@ def _through(sub: Source, user: Mapping[str, str | float]) -> Source:
 
 
 def _builtin(
-    name: str, profile: Profile, have: set[str], user: Mapping[str, str | float]
+    name: str,
+    table: Mapping[str, tuple[Source, ...]],
+    profile: Profile,
+    have: set[str],
+    user: Mapping[str, str | float],
 ) -> Source | None:
-    """The profile's first substitute for ``name`` whose inputs the file has, if any."""
-    for candidate in profile.substitutes.get(name, ()):
+    """The first source for ``name`` in ``table`` (a profile's substitutes or its
+    generation branches) whose inputs the file has, if any."""
+    for candidate in table.get(name, ()):
         sub = _through(candidate, user)
         if set(sub.reads) <= have:
             return replace(sub, profile=profile.name)
@@ -476,7 +489,9 @@ def resolve_branches(
                 sources[name] = src
         elif name in have:
             sources[name] = Source(name, reads=(name,))
-        elif (sub := _builtin(name, profile, have, user)) is not None:
+        elif (own := _builtin(name, profile.names, profile, have, user)) is not None:
+            sources[name] = own  # the generation's own branch: the layout's definition
+        elif (sub := _builtin(name, profile.substitutes, profile, have, user)) is not None:
             if strict:
                 blocked[name] = sub.description
             else:
@@ -484,7 +499,8 @@ def resolve_branches(
         else:
             missing.append(name)
     if missing or blocked:
-        raise MissingBranches(path, missing, blocked, profile.name)
+        hint = _generation_hint(path, objects, profile) if missing else ""
+        raise MissingBranches(path, missing, blocked, profile.name, hint)
     return BranchPlan(sources, profile.name)
 
 

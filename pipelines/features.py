@@ -6,10 +6,16 @@ Input is one step of events as ``{canonical branch: awkward array}`` (see
 in the column order of :mod:`flashsim.layouts`, with the definitions of
 ``shared/spec/columns.md``:
 
-* jets: every ``Jet`` with ``0 <= Jet_genJetIdx < nGenJet``, paired with that GenJet;
-  closest and (true) second-closest gen muon within ΔR < 0.4 of the GenJet;
+* jets (every layout of kind ``jets``): every ``Jet`` with ``0 <= Jet_genJetIdx <
+  nGenJet``, paired with that GenJet; closest and (true) second-closest gen muon within
+  ΔR < 0.4 of the GenJet;
 * muons: every ``Muon`` with ``0 <= Muon_genPartIdx < nGenPart``, paired with that
   GenPart; closest GenJet (over all GenJets of the event) within ΔR < 0.4.
+
+The kind fixes the matching, the conditioning and the kinematic residuals (``ptRatio``,
+``etaMinusGen``, ...); the layout adds the targets it copies from one branch each
+(:attr:`flashsim.layouts.Layout.copied`). :data:`FEATURES` holds the function of every
+layout.
 
 Δφ is wrapped to [-π, π). No Python loop runs over events or objects: each jagged
 branch becomes (counts, flat values) once, matching is index arithmetic on the flat
@@ -25,21 +31,17 @@ array([-3.14159265, -3.14159265, -1.57079633])
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import awkward as ak
 import numpy as np
 
 from flashsim.kinematics import wrap_phi
-from flashsim.layouts import DTYPE, JETS, MUONS
+from flashsim.layouts import DTYPE, JET_KIND, JETS, KINDS, LAYOUTS, MUON_KIND, MUONS, Layout
 from flashsim.options import FINAL_STATE, GEN_MUONS, GenMuons
-from pipelines.branches import (
-    GENJET_VALUE_BRANCHES,
-    JET_VALUE_BRANCHES,
-    MUON_VALUE_BRANCHES,
-    PILEUP_BRANCHES,
-)
+from pipelines.branches import GENJET_VALUE_BRANCHES, PILEUP_BRANCHES
 
 MAX_DR = 0.4
 """A neighbour counts only when ΔR < MAX_DR (strictly)."""
@@ -138,7 +140,7 @@ def _neighbour_columns(rank: dict, prefix: str, fields: Mapping[str, float]) -> 
 
 
 def _assemble(names: tuple[str, ...], columns: Mapping[str, np.ndarray]) -> np.ndarray:
-    missing = set(names) ^ set(columns)
+    missing = set(names) - set(columns)  # columns a layout does not use are dropped
     if missing:  # a programming error, never a user one
         raise AssertionError(f"features mismatch the layout: {sorted(missing)}")
     n = len(columns[names[0]])
@@ -236,18 +238,21 @@ def _jet_conditioning(ev: Mapping, jets: _Partners, gen_muons: GenMuons) -> dict
     return columns
 
 
-def jet_features(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE) -> np.ndarray:
-    """Raw jet rows ``(n_matched_jets, 31)`` float32 of one step of events."""
+def jet_features(
+    ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE, layout: Layout = JETS
+) -> np.ndarray:
+    """Raw jet rows ``(n_matched_jets, layout.n_columns)`` float32 of one step of events
+    (31 columns for the paper's ``jets``)."""
     genjet_counts = np.asarray(ak.num(ev["GenJet_pt"], axis=1), dtype=np.int64)
-    jets = _Partners.matched(ev, "Jet_genJetIdx", genjet_counts)
+    jets = _Partners.matched(ev, JET_KIND.index_branch, genjet_counts)
     columns = _jet_conditioning(ev, jets, gen_muons)
     with np.errstate(divide="ignore", invalid="ignore"):  # 0 gen mass/pt: inf/NaN, dropped later
         columns["MJet_etaMinusGen"] = jets.reco("Jet_eta") - columns["MGenJet_eta"]
         columns["MJet_phiMinusGen"] = wrap_phi(jets.reco("Jet_phi") - columns["MGenJet_phi"])
         columns["MJet_ptRatio"] = jets.reco("Jet_pt") / columns["MGenJet_pt"]
         columns["MJet_massRatio"] = jets.reco("Jet_mass") / columns["MGenJet_mass"]
-    columns.update({col: jets.reco(b) for col, b in JET_VALUE_BRANCHES.items()})
-    return _assemble(JETS.columns, columns)
+    columns.update({col: jets.reco(b) for col, b in layout.copied_branches.items()})
+    return _assemble(layout.columns, columns)
 
 
 def charge_from_pdg_id(pdg_id: np.ndarray) -> np.ndarray:
@@ -299,21 +304,23 @@ def _muon_conditioning(ev: Mapping, muons: _Partners) -> dict[str, np.ndarray]:
     return columns
 
 
-def muon_features(ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE) -> np.ndarray:
+def muon_features(
+    ev: Mapping[str, ak.Array], gen_muons: GenMuons = FINAL_STATE, layout: Layout = MUONS
+) -> np.ndarray:
     """Raw muon rows ``(n_matched_muons, 52)`` float32 of one step of events.
 
     ``gen_muons`` is accepted for symmetry with :func:`jet_features` and unused: a
     muon's partner is ``GenPart[Muon_genPartIdx]`` whatever its status.
     """
     part_counts = np.asarray(ak.num(ev["GenPart_pt"], axis=1), dtype=np.int64)
-    muons = _Partners.matched(ev, "Muon_genPartIdx", part_counts)
+    muons = _Partners.matched(ev, MUON_KIND.index_branch, part_counts)
     columns = _muon_conditioning(ev, muons)
     with np.errstate(divide="ignore", invalid="ignore"):
         columns["MMuon_etaMinusGen"] = muons.reco("Muon_eta") - columns["MGenMuon_eta"]
         columns["MMuon_phiMinusGen"] = wrap_phi(muons.reco("Muon_phi") - columns["MGenMuon_phi"])
         columns["MMuon_ptRatio"] = muons.reco("Muon_pt") / columns["MGenMuon_pt"]
-    columns.update({col: muons.reco(b) for col, b in MUON_VALUE_BRANCHES.items()})
-    return _assemble(MUONS.columns, columns)
+    columns.update({col: muons.reco(b) for col, b in layout.copied_branches.items()})
+    return _assemble(layout.columns, columns)
 
 
 @dataclass(frozen=True)
@@ -355,10 +362,27 @@ def gen_muon_conditioning(
     return GenConditioning(rows, muons.counts, muons.local_index(part_counts))
 
 
-FEATURES = {"jets": jet_features, "muons": muon_features}
+Features = Callable[[Mapping[str, ak.Array], GenMuons], np.ndarray]
+"""``(events, gen_muons) -> raw rows`` of one layout."""
 
-GEN_INDEX = {"jets": ("Jet_genJetIdx", "GenJet_pt"), "muons": ("Muon_genPartIdx", "GenPart_pt")}
-"""Per object: the reco branch indexing the generator collection, and a branch of it."""
+_KIND_FEATURES = {JET_KIND.name: jet_features, MUON_KIND.name: muon_features}
+_KIND_CONDITIONING = {JET_KIND.name: gen_jet_conditioning, MUON_KIND.name: gen_muon_conditioning}
+
+FEATURES: dict[str, Features] = {
+    name: partial(_KIND_FEATURES[layout.kind], layout=layout) for name, layout in LAYOUTS.items()
+}
+"""Layout name -> feature function ``(events, gen_muons) -> rows``."""
+
+GEN_CONDITIONING: dict[str, Callable[..., GenConditioning]] = {
+    name: _KIND_CONDITIONING[layout.kind] for name, layout in LAYOUTS.items()
+}
+"""Layout name -> ``(events, gen_muons) -> GenConditioning`` of every gen-level object."""
+
+GEN_INDEX = {
+    name: (KINDS[lay.kind].index_branch, f"{KINDS[lay.kind].gen_collection}_pt")
+    for name, lay in LAYOUTS.items()
+}
+"""Per layout: the reco branch indexing the generator collection, and a branch of it."""
 
 GEN_INDEX_PAST_END = "gen_index_past_end"
 """Drop reason: a reco object whose gen index points past the end of the gen collection
@@ -373,9 +397,3 @@ def gen_index_past_end(ev: Mapping[str, ak.Array], obj: str) -> dict[str, int]:
     gen_counts = np.asarray(ak.num(ev[gen_branch], axis=1), dtype=np.int64)
     n = int(np.count_nonzero(index >= gen_counts[_event_of(counts)]))
     return {index_branch: n} if n else {}
-
-
-"""Object name -> feature function ``(events, gen_muons) -> rows``."""
-
-GEN_CONDITIONING = {"jets": gen_jet_conditioning, "muons": gen_muon_conditioning}
-"""Object name -> ``(events, gen_muons) -> GenConditioning`` of every gen-level object."""

@@ -40,7 +40,7 @@ import numpy as np
 
 from flashsim import __version__
 from flashsim.errors import FlashSimError, InputError, StoreError
-from flashsim.layouts import OBJECTS, layout_for
+from flashsim.layouts import LAYOUTS, OBJECTS, PAPER_LAYOUTS, layout_for
 from flashsim.options import (
     FINAL_STATE,
     GEN_MUONS,
@@ -56,13 +56,12 @@ from flashsim.options import (
 from flashsim.outputs import atomic_output, make_output_dir, output_errors
 from flashsim.store import DEFAULT_DATA_DIR, store_path
 from flashsim.transforms import (
-    JET_PREPROCESSING,
     Dequantize,
     NegativeTo,
     Preprocessing,
     SmearSpike,
     Step,
-    muon_preprocessing,
+    preprocessing_of,
 )
 from flashsim.valid import METADATA_KEY as VALUES_KEY
 from flashsim.valid import TargetValues
@@ -280,8 +279,9 @@ def _inspect_hdf5(files: Sequence[InputFile], objects: tuple[str, ...] | None) -
     absent = [o for o in (objects or ()) if o not in present]
     if absent or not inputs:
         raise InputError(
-            f"No HDF5 input holds {' or '.join(absent or objects or OBJECTS)} rows (31 columns "
-            "for jets, 52 for muons). Pass the right files or change --objects."
+            f"No HDF5 input holds {' or '.join(absent or objects or OBJECTS)} rows ("
+            + ", ".join(f"{lay.n_columns} columns for {n}" for n, lay in LAYOUTS.items())
+            + "). Pass the right files or change --layout."
         )
     return inputs
 
@@ -321,7 +321,7 @@ def preprocessing_for(
     (``NegativeTo``, e.g. ``Jet_btagCSVV2 = -1`` in Run 3) gets its spike at the mapped
     value smeared by ``N(0, 0.01)`` (the inverse maps the spike back to that value).
     """
-    base = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(sum_eoot)
+    base = preprocessing_of(obj, sum_eoot)
     own = dict(base.steps)
     wanted = set(constant_targets)
     extra: list[tuple[str, Step]] = []
@@ -344,7 +344,7 @@ def _hdf5_preprocessing(obj: str, inputs: Sequence[_Input]) -> tuple[Preprocessi
             return Preprocessing.from_dict(
                 obj, meta["preprocessing"]
             ), f"metadata of {inp.file.path}"
-    pre = JET_PREPROCESSING if obj == "jets" else muon_preprocessing(SUM_EOOT_LOG)
+    pre = preprocessing_of(obj, SUM_EOOT_LOG)
     return pre, (
         "assumed: original FlashSim HDF5 rows carry no record of their preprocessing; the "
         "original chain is recorded (Pileup_sumEOOT -> log)"
@@ -508,7 +508,7 @@ def _collect(
     """Counts of one object over all tasks, and its seeded validation split."""
     n_rows = sum(b.rows for b in blocks)
     n_val, rule = val_row_count(n_rows, val_rows, val_fraction)
-    split = ValSplit.choose(n_rows, n_val, seed, stream=OBJECTS.index(obj))
+    split = ValSplit.choose(n_rows, n_val, seed, stream=layout_for(obj).stream)
     dropped: dict[str, DropCount] = {}
     for r in results:
         for reason, count in r.dropped.get(obj, {}).items():
@@ -596,7 +596,7 @@ def _check_options(
     bad = [o for o in objects or () if o not in OBJECTS]
     if bad:
         raise FlashSimError(
-            f"Unknown object(s) {', '.join(bad)}; choose from {', '.join(OBJECTS)}."
+            f"Unknown object(s) {', '.join(bad)}; choose layouts from {', '.join(OBJECTS)}."
         )
     bad = [f for f in formats if f not in STORE_FORMATS]
     if bad or not formats:
@@ -670,6 +670,8 @@ def prep(
     plan = _plan(inputs, Path(out_dir), objects, formats, gen_muons, sum_eoot, user_map, strict)
     _check_targets(plan.targets, overwrite)
     _warn_substitutions(plan.substitutions)
+    if objects is None:
+        _hint_layouts(plan)
     plan.preprocessing, plan.pre_origin = _preprocessings(plan, sum_eoot)
     options = _recorded_options(gen_muons, sum_eoot, strict, user_map, step_events)
 
@@ -726,6 +728,7 @@ class _Plan:
     substitutions: list[dict]
     preprocessing: dict[str, Preprocessing] = field(default_factory=dict)
     pre_origin: dict[str, str] = field(default_factory=dict)
+    generation: dict[str, list[dict]] = field(default_factory=dict)  # object -> branches
 
     @property
     def source_format(self) -> str:
@@ -746,7 +749,7 @@ def _plan(
     files = expand_inputs(inputs)
     kind = single_kind(files)
     if kind == "root":
-        chosen = objects or OBJECTS
+        chosen = objects or PAPER_LAYOUTS
         inputs_ = _inspect_root(files, chosen, gen_muons, user_map, strict)
     else:
         inputs_ = _inspect_hdf5(files, objects)
@@ -754,11 +757,64 @@ def _plan(
     targets: dict[tuple[str, str], Path] = {
         (o, f): store_path(out, o, f) for o in chosen for f in formats
     }
-    return _Plan(kind, inputs_, chosen, targets, _substitutions(inputs_))
+    plan = _Plan(kind, inputs_, chosen, targets, _substitutions(inputs_))
+    plan.generation = {o: _generation_branches(inputs_, o, gen_muons) for o in chosen}
+    return plan
 
 
 def _file_names(files: Sequence[str]) -> str:
     return ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+
+
+def _generation_branches(inputs: Sequence[_Input], obj: str, gen_muons: GenMuons) -> list[dict]:
+    """What the inputs read for the generation-neutral branches of ``obj`` (the ParT tagger
+    of ``jets-run3``: RobustParT in v12, UParT in v15), one entry per branch.
+
+    Raises:
+        InputError: inputs of different generations, which would mix two networks in one
+            column.
+    """
+    needed = set(required_branches(obj, gen_muons))
+    found: dict[str, dict] = {}
+    for inp in inputs:
+        for src in inp.plan.generation_sources if inp.plan else ():
+            if src.branch not in needed:
+                continue
+            entry = {
+                "branch": src.branch,
+                "column": column_of(src.branch),
+                "reads": list(src.reads),
+                "derive": src.derive,
+                "profile": src.profile,
+                "description": src.description,
+            }
+            known = found.setdefault(src.branch, {**entry, "files": []})
+            if (known["reads"], known["derive"]) != (entry["reads"], entry["derive"]):
+                raise InputError(
+                    f"The {obj} inputs are of different NanoAOD generations: "
+                    f"{known['files'][0]} gives {src.branch} as {known['description']} but "
+                    f"{inp.file.path} as {src.description}, two networks in one column. "
+                    "Prepare the files of each generation into their own --out."
+                )
+            known["files"].append(str(inp.file.path))
+    return list(found.values())
+
+
+def _hint_layouts(plan: _Plan) -> None:
+    """One warning when inputs are of a generation that a layout not chosen reads natively."""
+    for name, layout in LAYOUTS.items():
+        files = [
+            str(inp.file.path)
+            for inp in plan.inputs
+            if inp.plan is not None and inp.plan.profile in layout.generations
+        ]
+        if files and name not in plan.objects:
+            log.warning(
+                "%d input file(s) (%s) are %s NanoAOD: --layout %s prepares %s, instead of "
+                "the paper layouts' substitutes.",
+                len(files), _file_names(files), " or ".join(layout.generations), name,
+                layout.title,
+            )  # fmt: skip
 
 
 def _warn_substitutions(substitutions: Iterable[dict]) -> None:
@@ -866,6 +922,8 @@ def _metadata(
             m for m, inp in zip(inputs_meta, plan.inputs, strict=True) if obj in inp.objects
         ],
         "substitutions": [s for s in plan.substitutions if s["branch"] in needed],
+        # the generation's own branches of generation-neutral ones (jets-run3's ParT tagger)
+        **({"generation_branches": plan.generation[obj]} if plan.generation.get(obj) else {}),
         "options": options,
         "source_format": plan.source_format,
         "tool_version": __version__,

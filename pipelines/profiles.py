@@ -8,6 +8,13 @@ generation does store, or which "not available" value NanoAOD itself uses for it
 files carry no version field of their own). The rationale and references of every
 substitute are in ``docs/prep.md`` ("Missing branches and substitutes").
 
+A profile also names the generation's own branch for each *generation-neutral* branch a
+layout reads (:attr:`Profile.names`): the ``jets-run3`` layout's ``Jet_btagParTAK4B`` is
+RobustParT's ``Jet_btagRobustParTAK4B`` in v12-v13 and UParT's ``Jet_btagUParTAK4B`` in
+v14-v15. Those are the layout's definition, not substitutes: they are recorded in the store
+(``generation_branches``) but neither warned about nor refused by ``--strict``, and
+``flashsim generate`` writes the column back under the generation's name.
+
 A :class:`Source` says how one canonical branch is obtained in one file; the
 derivations it may name are in :data:`DERIVATIONS`, plain vectorized functions of
 awkward arrays (events x jets).
@@ -23,7 +30,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import awkward as ak
 import numpy as np
@@ -36,21 +43,27 @@ class Source:
     ``constant`` set: every object gets this value. ``derive`` set: the name of a
     function in :data:`DERIVATIONS` applied to the ``reads`` arrays. Otherwise the
     single branch in ``reads`` is used as is (a rename when it differs from ``branch``).
-    ``origin`` is ``"file"``, ``"builtin"`` (a documented substitute) or ``"user"``;
-    ``profile`` names the :class:`Profile` a built-in substitute comes from.
+    ``origin`` is ``"file"``, ``"generation"`` (the generation's own branch for a
+    generation-neutral one, :attr:`Profile.names`), ``"builtin"`` (a documented
+    substitute) or ``"user"``; ``profile`` names the :class:`Profile` a built-in
+    substitute or generation branch comes from.
     """
 
     branch: str
     reads: tuple[str, ...] = ()
     constant: float | None = None
     derive: str | None = None
-    origin: str = "file"
+    origin: str = "file"  # one of the origins below
     description: str = ""
     profile: str | None = None
 
     @property
     def is_substitution(self) -> bool:
-        return self.origin != "file"
+        return self.origin not in (FILE, GENERATION)
+
+
+FILE, GENERATION, BUILTIN, USER = "file", "generation", "builtin", "user"
+"""The origins of a :class:`Source`."""
 
 
 # ---------------------------------------------------------------------------
@@ -137,12 +150,24 @@ def jet_id_run3(
     )
 
 
+def flip_score(score: ak.Array) -> ak.Array:
+    """``1 - score`` of a two-class score (g-vs-uds <-> uds-vs-g); failed (negative)
+    values stay as they are. Its own inverse, so generate writes it back with it."""
+    s = ak.values_astype(score, np.float64)
+    return ak.where(s >= 0, 1.0 - s, s)
+
+
 DERIVATIONS: dict[str, Callable[..., ak.Array]] = {
     "c_from_cvb": c_from_cvb,
     "breg_from_raw_regression": breg_from_raw_regression,
     "qgl_from_qvg": qgl_from_qvg,
     "jet_id_run3": jet_id_run3,
+    "flip_score": flip_score,
 }
+
+INVOLUTIONS = frozenset({"flip_score"})
+"""Derivations that are their own inverse: the only ones a generation branch may use, so
+that ``flashsim generate`` maps a column back to the generation's branch with them."""
 
 JET_ID_INPUTS = (
     "Jet_eta",
@@ -168,16 +193,24 @@ class Profile:
     ``markers``: the generation is recognised when the file has any of these branches.
     ``substitutes``: per canonical branch, candidate :class:`Source` s in order of
     preference; the first whose ``reads`` the file has is used.
+    ``names``: per generation-neutral canonical branch, the generation's own branch
+    (a rename, or an involution of :data:`INVOLUTIONS`), likewise.
     """
 
     name: str
     title: str
     markers: tuple[str, ...]
     substitutes: dict[str, tuple[Source, ...]]
+    names: dict[str, tuple[Source, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for cands in self.names.values():
+            assert all(s.derive is None or s.derive in INVOLUTIONS for s in cands)
 
     def reads(self) -> set[str]:
-        """Every branch some substitute of this profile may read."""
-        return {r for cands in self.substitutes.values() for s in cands for r in s.reads}
+        """Every branch some substitute or generation branch of this profile may read."""
+        tables = (*self.substitutes.values(), *self.names.values())
+        return {r for cands in tables for s in cands for r in s.reads}
 
 
 def _derived(branch: str, reads: tuple[str, ...], derive: str, what: str) -> Source:
@@ -265,6 +298,23 @@ _RUN3_COMMON = {
     "Jet_puId": (_PU_ID,),
 }
 
+
+def _named(branch: str, reads: str, network: str, derive: str | None = None) -> Source:
+    how = f"1 - {reads} (its g-vs-uds score turned uds-vs-g)" if derive else reads
+    return Source(
+        branch, reads=(reads,), derive=derive, origin=GENERATION, description=f"{how}, {network}"
+    )
+
+
+def _part_names(prefix: str, network: str, qvg: Source) -> dict[str, tuple[Source, ...]]:
+    """The generation's ParT AK4 tagger under the generation-neutral ``Jet_btagParTAK4*``."""
+    names = {
+        f"Jet_btagParTAK4{s}": (_named(f"Jet_btagParTAK4{s}", f"{prefix}{s}", network),)
+        for s in ("B", "CvB", "CvL")
+    }
+    return {**names, "Jet_btagParTAK4QvG": (qvg,)}
+
+
 RUN3_V15 = Profile(
     "run3-v15",
     "Run 3 NanoAOD v14-v15 (2024+): UParT AK4, Jet_jetId dropped in v15",
@@ -285,6 +335,11 @@ RUN3_V15 = Profile(
             ),
         ),
     },
+    _part_names(
+        "Jet_btagUParTAK4",
+        "UParT AK4",
+        _named("Jet_btagParTAK4QvG", "Jet_btagUParTAK4QvG", "UParT AK4"),
+    ),
 )
 
 RUN3_V12 = Profile(
@@ -292,6 +347,11 @@ RUN3_V12 = Profile(
     "Run 3 NanoAOD v12-v13 (2022-2023): ParticleNet, RobustParT AK4",
     ("Jet_btagPNetB", "Jet_btagRobustParTAK4B"),
     {**_RUN3_COMMON, "Jet_qgl": (_qgl("Jet_btagPNetQvG", "ParticleNet udsbc"),)},
+    _part_names(
+        "Jet_btagRobustParTAK4",
+        "RobustParT AK4",
+        _named("Jet_btagParTAK4QvG", "Jet_btagRobustParTAK4QG", "RobustParT AK4", "flip_score"),
+    ),
 )
 
 PROFILES: tuple[Profile, ...] = (RUN3_V15, RUN3_V12, RUN2)

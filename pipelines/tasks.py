@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashsim.layouts import OBJECTS, Layout, layout_for
+from flashsim.layouts import Layout, layout_for
 from flashsim.options import FINAL_STATE, GenMuons
 from flashsim.transforms import Preprocessing
 from flashsim.valid import TargetValues
@@ -73,7 +73,7 @@ def drop_non_finite(rows: np.ndarray, layout: Layout) -> tuple[np.ndarray, DropC
 def step_rng(seed: int, file_index: int, step: int, obj: str) -> np.random.Generator:
     """The random generator of one step of one file for one object."""
     return np.random.default_rng(
-        [seed, _PREPROCESSING_STREAM, file_index, step, OBJECTS.index(obj)]
+        [seed, _PREPROCESSING_STREAM, file_index, step, layout_for(obj).stream]
     )
 
 

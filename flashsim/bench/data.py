@@ -306,9 +306,19 @@ def make_toy_data(
     """Toy NanoAOD ttbar events (:func:`flashsim.toy.generate_toy`) prepared into every
     format of ``formats`` (:func:`pipelines.prep.prep`), cached by object, rows, seed and
     :func:`code_fingerprint`."""
+    from flashsim.events import branch_types
     from flashsim.toy import generate_toy
+    from pipelines.branches import required_branches
     from pipelines.prep import prep
 
+    lacking = sorted(set(required_branches(obj)) - set(branch_types()))
+    if lacking:
+        raise StoreError(
+            f"The toy generator cannot make {obj} rows: its events have no {lacking[0]} "
+            f"(nor {len(lacking) - 1} more branches the {obj} layout reads). Prepare a store "
+            f"from real NanoAOD (`flashsim prep FILE --layout {obj} --out DIR`) and pass it "
+            "with --data DIR."
+        )
     final = cache_dir / f"toy-{obj}-{rows}-seed{seed}-{code_fingerprint()}"
     t0 = time.perf_counter()
     have = _stores_in(final, obj, FORMATS) if final.is_dir() else {}

@@ -40,7 +40,7 @@ def _split_list(
     type=click.Choice(OBJECTS),
     default="jets",
     show_default=True,
-    help="Which rows to load and train on.",
+    help="Which rows (layout) to load and train on.",
 )
 @click.option(
     "--loaders",

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from flashsim.cli.options import branch_map_options, branch_mapping, device_option, spline_option
+from flashsim.layouts import layouts_of_kind
 from flashsim.safe_sampling import DEFAULT_MAX_REDRAWS, count_lines
 
 DEFAULT_RUNS = {"jets": Path("runs/jets"), "muons": Path("runs/muons")}
@@ -39,15 +40,16 @@ def _default_models(jets: str | None, muons: str | None) -> tuple[str | None, st
     type=click.Path(exists=True),
     default=None,
     show_default=False,
-    help="Jets model: a run directory (its best checkpoint) or a .pt file. "
-    "[default: runs/jets if it holds a checkpoint]",
+    help=f"Jets model (layout {' or '.join(layouts_of_kind('jets'))}): a run directory (its "
+    "best checkpoint) or a .pt file. [default: runs/jets if it holds a checkpoint]",
 )
 @click.option(
     "--muons",
     type=click.Path(exists=True),
     default=None,
     show_default=False,
-    help="Muons model, likewise. [default: runs/muons if it holds a checkpoint]",
+    help=f"Muons model (layout {' or '.join(layouts_of_kind('muons'))}), likewise. "
+    "[default: runs/muons if it holds a checkpoint]",
 )
 @click.option(
     "--seed", type=int, default=0, help="Same inputs, models, seed and --oversample: same output."

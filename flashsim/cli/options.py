@@ -10,6 +10,7 @@ import click
 from flashsim.devices import DEVICE_METAVAR, parse_device
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import SPLINE_ENGINES
+from flashsim.layouts import OBJECTS
 from flashsim.store import DEFAULT_DATA_DIR
 
 
@@ -32,6 +33,22 @@ class DeviceParam(click.ParamType):
             return parse_device(value)
         except FlashSimError as err:
             self.fail(str(err), param, ctx)
+
+
+LAYOUT_LIST = "LAYOUT_LIST"
+"""Where a command's help says this, :func:`naming_layouts` lists the layouts."""
+
+
+def naming_layouts(command: click.Command) -> click.Command:
+    """Replace ``LAYOUT_LIST`` in ``command``'s help by the registry's layouts, so every
+    ``--help`` names the layouts there are (``jets, muons, jets-run3``)."""
+    command.help = (command.help or "").replace(LAYOUT_LIST, ", ".join(OBJECTS))
+    return command
+
+
+def layout_argument(command: Callable) -> Callable:
+    """The ``OBJECT`` argument: a layout name of the registry."""
+    return click.argument("obj", metavar="OBJECT", type=click.Choice(OBJECTS))(command)
 
 
 def positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:

@@ -18,6 +18,7 @@ from flashsim.cli.options import (
     overwrite_option,
     quiet_option,
 )
+from flashsim.layouts import describe_layouts
 from flashsim.options import (
     FINAL_STATE,
     GEN_MUONS,
@@ -63,11 +64,18 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Directory of the stores (train and bench-loader read shards/ by default).",
 )
 @click.option(
+    "--layout",
+    "layouts",
+    multiple=True,
+    help="Layout to prepare, repeatable or comma-separated: "
+    + describe_layouts()
+    + ". [default: jets,muons; HDF5 inputs: the layouts the files hold]",
+)
+@click.option(
     "--objects",
     default=None,
     show_default=False,
-    help="Comma-separated objects to prepare. [default: jets,muons; HDF5 inputs: the "
-    "objects the files hold]",
+    help="The same as --layout (comma-separated), its earlier name.",
 )
 @click.option(
     "--format",
@@ -127,6 +135,7 @@ def _split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
 def prep(
     inputs: tuple[str, ...],
     out_dir: str,
+    layouts: tuple[str, ...],
     objects: str | None,
     formats: tuple[str, ...],
     seed: int,
@@ -146,17 +155,19 @@ def prep(
     """Turn NanoAOD ROOT (or FlashSim HDF5) files into chunked training stores.
 
     INPUT is a file, a glob, a directory, a root://HOST//path or https:// URL or a .txt list of
-    paths and URLs. For each object
-    (jets: 31 columns, muons: 52) prep matches reconstructed to generator-level
+    paths and URLs. For each layout (--layout; the paper's jets, 31 columns, and muons, 52,
+    by default) prep matches reconstructed to generator-level
     objects, computes the features, applies the preprocessing, drops rows with NaN/inf
     (counted), splits train/val (seeded) and writes OUT/jets.zarr, OUT/muons.zarr (or
-    -wds/, .h5) with their metadata. Branches the paper layouts need but the file's
-    NanoAOD generation (Run 2, Run 3 v12, v15) lacks get that generation's documented
-    substitutes (a warning lists them; --strict forbids them); see docs/prep.md.
+    -wds/, .h5; OUT/jets-run3.zarr, ...) with their metadata. Branches the paper layouts
+    need but the file's NanoAOD generation (Run 2, Run 3 v12, v15) lacks get that
+    generation's documented substitutes (a warning lists them; --strict forbids them);
+    --layout jets-run3 keeps Run 3's own taggers instead. See docs/prep.md.
 
     \b
     Examples:
       flashsim prep ttbar.root --out shards/
+      flashsim prep nano_v12.root --layout jets-run3 --out shards/
       flashsim prep 'data/*.root' --format zarr --format hdf5 --workers 4
       flashsim prep files.txt --branch Jet_puId=-1 --branch-map newer_nano.json
       flashsim prep big/ --dask-scheduler tcp://scheduler:8786
@@ -168,7 +179,7 @@ def prep(
         summary = run_prep(
             inputs,
             out_dir,
-            objects=_split_commas((objects,)) if objects else None,
+            objects=_split_commas((*layouts, *((objects,) if objects else ()))) or None,
             formats=[STORE_FORMATS.normalize(f) for f in _split_commas(formats)],
             seed=seed,
             val_rows=val_rows,

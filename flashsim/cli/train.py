@@ -10,19 +10,21 @@ import click
 from flashsim.cli.options import (
     count_option,
     device_option,
+    layout_argument,
+    naming_layouts,
     progress_option,
     resumable_data_option,
     spline_option,
 )
 from flashsim.flow_config import ACTIVATIONS
-from flashsim.layouts import OBJECTS
 from flashsim.presets import DEFAULT_PRESET, PRESETS
 from flashsim.store import LOADER_KINDS
 from flashsim.train.config import BEST_BY, TrainConfig
 
 
+@naming_layouts
 @click.command("train")
-@click.argument("obj", metavar="OBJECT", type=click.Choice(OBJECTS))
+@layout_argument
 @resumable_data_option
 @click.option(
     "--out", type=click.Path(), default=None, help="Run directory.  [default: runs/OBJECT]"
@@ -136,7 +138,7 @@ from flashsim.train.config import BEST_BY, TrainConfig
     "--tensorboard/--no-tensorboard", default=None, help="TensorBoard event files.  [default: on]"
 )
 def train(obj: str, **opts) -> None:
-    """Train the conditional spline flow of OBJECT (jets or muons).
+    """Train the conditional spline flow of OBJECT (a layout: LAYOUT_LIST).
 
     Reads the `train` and `val` splits of the OBJECT store in --data, fits the
     neural spline flow p(targets | conditioning) by maximum likelihood (Adam, cosine

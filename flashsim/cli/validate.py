@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import click
 
-from flashsim.cli.options import data_option, device_option, positive, spline_option
-from flashsim.layouts import OBJECTS
+from flashsim.cli.options import (
+    data_option,
+    device_option,
+    layout_argument,
+    naming_layouts,
+    positive,
+    spline_option,
+)
 from flashsim.store import SPLITS
 
 
+@naming_layouts
 @click.command("validate")
-@click.argument("obj", metavar="OBJECT", type=click.Choice(OBJECTS))
+@layout_argument
 @click.option(
     "--run",
     type=click.Path(),
@@ -71,7 +78,7 @@ from flashsim.store import SPLITS
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table; only the paths.")
 def validate(obj: str, run: str | None, quiet: bool, **opts) -> None:
-    """Compare the trained OBJECT flow (jets or muons) with full simulation.
+    """Compare the trained OBJECT flow (a layout: LAYOUT_LIST) with full simulation.
 
     Samples the flow once for every conditioning row of --split of the OBJECT store in
     --data and compares each target column with the stored FullSim values: the
