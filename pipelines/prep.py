@@ -803,17 +803,18 @@ def _generation_branches(inputs: Sequence[_Input], obj: str, gen_muons: GenMuons
 def _hint_layouts(plan: _Plan) -> None:
     """One warning when inputs are of a generation that a layout not chosen reads natively."""
     for name, layout in LAYOUTS.items():
-        files = [
-            str(inp.file.path)
+        native = [
+            inp
             for inp in plan.inputs
             if inp.plan is not None and inp.plan.profile in layout.generations
         ]
-        if files and name not in plan.objects:
+        if native and name not in plan.objects:
+            profiles = sorted({inp.plan.profile for inp in native if inp.plan is not None})
             log.warning(
-                "%d input file(s) (%s) are %s NanoAOD: --layout %s prepares %s, instead of "
-                "the paper layouts' substitutes.",
-                len(files), _file_names(files), " or ".join(layout.generations), name,
-                layout.title,
+                "%d input file(s) (%s) are %s NanoAOD: --layout %s keeps their own taggers "
+                "(%s) instead of the paper layouts' substitutes.",
+                len(native), _file_names([str(i.file.path) for i in native]),
+                ", ".join(profiles), name, layout.title,
             )  # fmt: skip
 
 

@@ -127,6 +127,8 @@ def describe_store(path: str | os.PathLike, stats: bool = True) -> str:
         )
     for sub in meta.get("substitutions", []):
         lines.append(f"  substitution: {sub.get('branch')} <- {sub.get('substitute')}")
+    for own in meta.get("generation_branches", []):  # jets-run3's ParT tagger, per generation
+        lines.append(f"  {own.get('branch')}: {own.get('description')} ({own.get('profile')})")
     steps: dict[str, list[str]] = {}
     for entry in meta.get("preprocessing", []):
         steps.setdefault(entry["column"], []).append(entry["formula"])

@@ -39,7 +39,7 @@ from flashsim.bench.resources import process_cpu_seconds, process_peak_rss_bytes
 from flashsim.layouts import layout_for
 from flashsim.options import HDF5, STORE_FORMATS
 from flashsim.outputs import atomic_output
-from flashsim.store import META_KEY, store_path
+from flashsim.store import LOADER_KINDS, META_KEY, store_path
 
 ORIGINAL_FILES = 4
 """The muons rows are also written as this many HDF5 files for ``original-muons``."""
@@ -222,7 +222,9 @@ def scenarios(out: Path, obj: str, original_batches: int, epochs: int) -> list[S
         ("chunked", out_s, "chunked", full),
         ("webdataset", out_s, "webdataset", full),
     ]
-    if obj == "jets":
+    if kind not in LOADER_KINDS.values:  # no original dataset reads this layout
+        return runs
+    if kind == "original-jets":
         runs += [
             (kind, store_h5, kind, bounded),
             (f"{kind} (2 workers)", store_h5, kind, {**bounded, "num_workers": 2}),
