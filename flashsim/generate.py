@@ -322,17 +322,6 @@ def _simulate(
     return _Simulated(Collection(counts, fields), len(gen.rows), int((~finite).sum()), samples)
 
 
-def _jet_fields(
-    model: TrainedFlow,
-    ev: Mapping[str, ak.Array],
-    rows: np.ndarray,
-    targets: np.ndarray,
-    events: np.ndarray,
-    index: np.ndarray,
-) -> dict[str, np.ndarray]:
-    return reco_jets(model, rows, targets)
-
-
 def _muon_fields(
     model: TrainedFlow,
     ev: Mapping[str, ak.Array],
@@ -347,7 +336,10 @@ def _muon_fields(
     return reco_muons(model, rows, targets, pdg_id)
 
 
-_RECO_FIELDS = {JET_KIND.name: _jet_fields, MUON_KIND.name: _muon_fields}
+_RECO_FIELDS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    JET_KIND.name: lambda model, ev, rows, targets, events, index: reco_jets(model, rows, targets),
+    MUON_KIND.name: _muon_fields,
+}
 """Per kind: ``(model, events, raw conditioning, physical targets, event and gen index
 of each object) -> fields`` of the reconstructed collection."""
 

@@ -240,23 +240,31 @@ JET_CONDITIONING = (
 )
 """The 14 conditioning columns of every jet layout (gen jet and its nearest gen muons)."""
 
-_JET_CLASSES = (("b", 5.0), ("c", 4.0), ("light", 0.0))  # hadron flavour (light: u, d, s, g)
-
 _B_TAGGERS = ("MJet_btagCMVA", "MJet_btagCSVV2", "MJet_btagDeepB", "MJet_btagDeepFlavB")
 _C_TAGGERS = ("MJet_btagDeepC", "MJet_btagDeepFlavC")
 
-JET_ROLES = ColumnRoles(
-    class_column="MGenJet_hadronFlavour",
-    classes=_JET_CLASSES,
-    gen_pt="MGenJet_pt",
-    gen_eta="MGenJet_eta",
-    responses=("MJet_ptRatio", "MJet_etaMinusGen", "MJet_phiMinusGen"),
-    discriminants=(
+
+def _jet_roles(discriminants: tuple[Discriminant, ...], discrete: tuple[str, ...]) -> ColumnRoles:
+    """The roles of a jet layout: classes by hadron flavour, gen pT/eta and the kinematic
+    responses (every jet layout's), with its own taggers and integer columns."""
+    return ColumnRoles(
+        class_column="MGenJet_hadronFlavour",
+        classes=(("b", 5.0), ("c", 4.0), ("light", 0.0)),  # hadron flavour (light: udsg)
+        gen_pt="MGenJet_pt",
+        gen_eta="MGenJet_eta",
+        responses=("MJet_ptRatio", "MJet_etaMinusGen", "MJet_phiMinusGen"),
+        discriminants=discriminants,
+        discrete=discrete,
+    )
+
+
+JET_ROLES = _jet_roles(
+    (
         *(Discriminant(t, "b", "light") for t in _B_TAGGERS),
         *(Discriminant(t, "c", "light") for t in _B_TAGGERS),
         *(Discriminant(t, "c", "light") for t in _C_TAGGERS),
     ),
-    discrete=("MJet_nConstituents", "MJet_puId", "MJet_jetId"),
+    ("MJet_nConstituents", "MJet_puId", "MJet_jetId"),
 )
 
 MUON_FLAG_TARGETS = (
@@ -412,18 +420,13 @@ RUN3_SCORES = tuple(f"MJet_{t}" for t in _RUN3_TAGGERS)
 _RUN3_ROCS = (("B", "b", "light"), ("CvL", "c", "light"), ("CvB", "c", "b"))
 """Per tagger: the score, its signal and its background class."""
 
-RUN3_JET_ROLES = ColumnRoles(
-    class_column="MGenJet_hadronFlavour",
-    classes=_JET_CLASSES,
-    gen_pt="MGenJet_pt",
-    gen_eta="MGenJet_eta",
-    responses=("MJet_ptRatio", "MJet_etaMinusGen", "MJet_phiMinusGen"),
-    discriminants=tuple(
+RUN3_JET_ROLES = _jet_roles(
+    tuple(
         Discriminant(f"MJet_btag{net}{score}", signal, background)
         for net in ("DeepFlav", "PNet", "ParTAK4")
         for score, signal, background in _RUN3_ROCS
     ),
-    discrete=("MJet_nConstituents", "MJet_jetId"),
+    ("MJet_nConstituents", "MJet_jetId"),
 )
 
 JETS_RUN3 = Layout(

@@ -669,9 +669,7 @@ def prep(
     user_map = normalize_branch_map(branch_map)
     plan = _plan(inputs, Path(out_dir), objects, formats, gen_muons, sum_eoot, user_map, strict)
     _check_targets(plan.targets, overwrite)
-    _warn_substitutions(plan.substitutions)
-    if objects is None:
-        _hint_layouts(plan)
+    _warn(plan, chosen=objects is not None)
     plan.preprocessing, plan.pre_origin = _preprocessings(plan, sum_eoot)
     options = _recorded_options(gen_muons, sum_eoot, strict, user_map, step_events)
 
@@ -798,6 +796,14 @@ def _generation_branches(inputs: Sequence[_Input], obj: str, gen_muons: GenMuons
                 )
             known["files"].append(str(inp.file.path))
     return list(found.values())
+
+
+def _warn(plan: _Plan, chosen: bool) -> None:
+    """The substitutions' warnings and, when the user chose no layout, the hint at the
+    layouts that read the inputs' generation natively."""
+    _warn_substitutions(plan.substitutions)
+    if not chosen:
+        _hint_layouts(plan)
 
 
 def _hint_layouts(plan: _Plan) -> None:
