@@ -167,9 +167,11 @@ def _store_for(data: str | os.PathLike, kind: str, obj: str | None) -> Path:
     if p.is_dir() and obj is None:
         present = sorted({o for o in OBJECTS for f in formats if store_path(p, o, f).exists()})
         if len(present) > 1:
+            both = "both " if len(present) == 2 else ""
             raise FlashSimError(
-                f"{p} holds stores of several layouts ({', '.join(present)}); pass object= "
-                f"one of them (e.g. object={present[0]!r})."
+                f"{p} holds {both}{' and '.join(present)} stores; pass "
+                + " or ".join(f"object={o!r}" for o in present)
+                + "."
             )
         obj = present[0] if present else OBJECTS[0]
     if obj is None:  # not a directory: let find_store explain what is missing

@@ -764,9 +764,29 @@ def _file_names(files: Sequence[str]) -> str:
     return ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
 
 
+def _generation_entries(inp: _Input, needed: set[str]) -> list[dict]:
+    """The generation branches one input reads (ROOT: its plan's; a flashsim HDF5 store:
+    those its metadata recorded)."""
+    if inp.hdf5 is not None:
+        recorded = (inp.hdf5.metadata or {}).get("generation_branches", [])
+        return [{k: v for k, v in e.items() if k != "files"} for e in recorded]
+    return [
+        {
+            "branch": src.branch,
+            "column": column_of(src.branch),
+            "reads": list(src.reads),
+            "derive": src.derive,
+            "profile": src.profile,
+            "description": src.description,
+        }
+        for src in (inp.plan.generation_sources if inp.plan else ())
+        if src.branch in needed
+    ]
+
+
 def _generation_branches(inputs: Sequence[_Input], obj: str, gen_muons: GenMuons) -> list[dict]:
-    """What the inputs read for the generation-neutral branches of ``obj`` (the ParT tagger
-    of ``jets-run3``: RobustParT in v12, UParT in v15), one entry per branch.
+    """What the inputs of ``obj`` read for its generation-neutral branches (the ParT
+    tagger of ``jets-run3``: RobustParT in v12, UParT in v15), one entry per branch.
 
     Raises:
         InputError: inputs of different generations, which would mix two networks in one
@@ -774,25 +794,15 @@ def _generation_branches(inputs: Sequence[_Input], obj: str, gen_muons: GenMuons
     """
     needed = set(required_branches(obj, gen_muons))
     found: dict[str, dict] = {}
-    for inp in inputs:
-        for src in inp.plan.generation_sources if inp.plan else ():
-            if src.branch not in needed:
-                continue
-            entry = {
-                "branch": src.branch,
-                "column": column_of(src.branch),
-                "reads": list(src.reads),
-                "derive": src.derive,
-                "profile": src.profile,
-                "description": src.description,
-            }
-            known = found.setdefault(src.branch, {**entry, "files": []})
+    for inp in (i for i in inputs if obj in i.objects):
+        for entry in _generation_entries(inp, needed):
+            known = found.setdefault(entry["branch"], {**entry, "files": []})
             if (known["reads"], known["derive"]) != (entry["reads"], entry["derive"]):
                 raise InputError(
                     f"The {obj} inputs are of different NanoAOD generations: "
-                    f"{known['files'][0]} gives {src.branch} as {known['description']} but "
-                    f"{inp.file.path} as {src.description}, two networks in one column. "
-                    "Prepare the files of each generation into their own --out."
+                    f"{known['files'][0]} gives {entry['branch']} as {known['description']} "
+                    f"but {inp.file.path} as {entry['description']}, two networks in one "
+                    "column. Prepare the files of each generation into their own --out."
                 )
             known["files"].append(str(inp.file.path))
     return list(found.values())

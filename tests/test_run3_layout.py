@@ -75,7 +75,10 @@ def reference_rows() -> dict[str, list[float]]:
 
 
 def test_v12_rows_match_a_per_jet_reference(tmp_path):
-    summary = prep([V12], tmp_path, objects=["jets-run3"], val_rows=0, strict=True, progress=False)
+    summary = prep(
+        [V12], tmp_path, objects=["jets-run3"], formats=("zarr", "hdf5"), val_rows=0,
+        strict=True, progress=False,
+    )  # fmt: skip
     assert summary.substitutions == []  # v12 holds every branch: nothing for --strict to refuse
     store = store_path(tmp_path, "jets-run3", "zarr")
     got, ref = physical_rows(store), reference_rows()
@@ -95,6 +98,12 @@ def test_v12_rows_match_a_per_jet_reference(tmp_path):
     assert [g["reads"] for g in meta["generation_branches"]] == [
         [f"Jet_btagRobustParTAK4{s}"] for s in (*PART, "QG")
     ]
+    # a jets-run3 HDF5 store prepared again: the same rows, its record kept
+    prep([tmp_path / "jets-run3.h5"], tmp_path / "again", val_rows=0, progress=False)
+    again = store_path(tmp_path / "again", "jets-run3", "zarr")
+    np.testing.assert_array_equal(rows_of(again, "train"), rows_of(store, "train"))
+    kept = read_metadata(again)["generation_branches"]
+    assert [g["reads"] for g in kept] == [g["reads"] for g in meta["generation_branches"]]
 
 
 def write_v15(tmp_path: Path) -> Path:
