@@ -293,14 +293,9 @@ MUON_ROLES = ColumnRoles(
 )
 
 _JET_COPIED: tuple[str, ...] = (
-    "area",
-    "btagCMVA",
-    "btagCSVV2",
-    "btagDeepB",
-    "btagDeepC",
-    "btagDeepFlavB",
+    *("area", "btagCMVA", "btagCSVV2", "btagDeepB", "btagDeepC", "btagDeepFlavB"),
+    *("btagDeepFlavC", "bRegCorr", "nConstituents", "qgl", "muEF", "puId", "jetId"),
 )
-_JET_COPIED += ("btagDeepFlavC", "bRegCorr", "nConstituents", "qgl", "muEF", "puId", "jetId")
 
 JETS = Layout(
     name="jets",
