@@ -248,3 +248,14 @@ def test_run3_preprocessing_round_trip():
     # a flow's samples far outside the training range stay valid scores
     logit = Logit()
     np.testing.assert_array_equal(logit.inverse(np.array([-1e4, -14.0, 1e4])), [-1.0, -1.0, 1.0])
+
+
+def test_original_loader_of_another_layout_is_refused_with_the_right_suggestion():
+    from flashsim.errors import FlashSimError
+    from flashsim.train.setup import check_loader_kind
+
+    check_loader_kind("jets", "original-jets")
+    with pytest.raises(FlashSimError, match="trains jets-run3; use --loader chunked"):
+        check_loader_kind("jets-run3", "original-jets")
+    with pytest.raises(FlashSimError, match="trains muons; use --loader original-muons"):
+        check_loader_kind("muons", "original-jets")

@@ -20,6 +20,7 @@ from flashsim.presets import DEFAULT_PRESET, HParams, get_preset
 from flashsim.store import LOADER_KINDS, check_store, find_store, read_metadata
 from flashsim.train.config import TrainConfig
 from flashsim.train.distributed import DistContext
+from loaders.sources import KIND_OBJECT
 
 if TYPE_CHECKING:
     from loaders.base import BaseLoader
@@ -35,10 +36,11 @@ def check_loader_kind(obj: str, kind: str) -> None:
     """Refuse unknown loader kinds and an ``original-<other object>`` loader."""
     layout_for(obj)
     LOADER_KINDS.normalize(kind)
-    if kind.startswith("original-") and kind != f"original-{obj}":
+    implied = KIND_OBJECT.get(kind)
+    if implied is not None and implied != obj:
+        own = f"original-{obj}" if f"original-{obj}" in KIND_OBJECT else "chunked"
         raise FlashSimError(
-            f"--loader {kind} reads {kind.split('-', 1)[1]}, but this run trains {obj}; use "
-            f"--loader original-{obj}."
+            f"--loader {kind} reads {implied}, but this run trains {obj}; use --loader {own}."
         )
 
 
