@@ -9,6 +9,7 @@ stop a command as Ctrl-C does, cleanup included (exit code 128 + signal number).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import sys
@@ -42,6 +43,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 class _FlashSimGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        # matplotlib logs a "findfont: ... not found" line per missing font when a plot
+        # falls back to another one (mathtext on a machine without its fonts): noise in a
+        # terminal, the plots are fine
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
         handled = []
         if threading.current_thread() is threading.main_thread():
             handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
