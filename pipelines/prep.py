@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 from flashsim import __version__
+from flashsim.children import spawn_context
 from flashsim.errors import FlashSimError, InputError, StoreError
 from flashsim.layouts import LAYOUTS, OBJECTS, PAPER_LAYOUTS, layout_for
 from flashsim.options import (
@@ -81,7 +81,7 @@ from pipelines.inputs import InputFile, expand_inputs, single_kind
 from pipelines.nanoaod import inspect_nanoaod
 from pipelines.profiles import profile_named
 from pipelines.split import ValSplit, check_val_options, val_row_count
-from pipelines.spool import die_with_parent, make_spool, remove_spool
+from pipelines.spool import make_spool, remove_spool
 from pipelines.tasks import DEFAULT_STEP_EVENTS, Block, DropCount, Task, TaskResult, run_task
 from pipelines.writers import StoreWriter, open_writer
 
@@ -407,14 +407,8 @@ def _run_processes(
     fn: TaskFn[_R],
 ) -> None:
     # spawn: a fresh interpreter per worker; forking a parent that may hold threads
-    # (tqdm, zarr's event loop) is not safe.
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)),
-        mp_context=context,
-        initializer=die_with_parent,  # a killed prep takes its workers with it
-        initargs=(os.getpid(),),
-    )
+    # (tqdm, zarr's event loop) is not safe. Its workers die with prep, even by kill -9.
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=spawn_context())
     try:
         futures = [pool.submit(fn, t) for t in tasks]
         for fut in as_completed(futures):

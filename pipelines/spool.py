@@ -1,13 +1,11 @@
-"""prep's spool directories (``OUT/.flashsim-prep-*``) and worker processes that die with
-their parent, so that a killed prep leaves nothing behind for long.
+"""prep's spool directories (``OUT/.flashsim-prep-*``), so that a killed prep leaves nothing
+behind for long (its workers die with it: :func:`flashsim.children.spawn_context`).
 
 * :func:`make_spool` creates the spool holding an exclusive ``flock`` on its ``.lock``
   file for as long as the prep runs (the kernel drops it when the process dies, even by
   ``kill -9``), after sweeping the spools of dead preps in the same directory: those are
   removed, with a warning giving their size. Spools without a lock file (written before
   locks) cannot be told from a live run, so they are only reported.
-* :func:`die_with_parent` is the initializer of prep's worker processes: Linux's
-  parent-death signal kills a worker as soon as the prep process dies.
 
 Examples
 --------
@@ -24,13 +22,10 @@ True
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
-import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +33,6 @@ log = logging.getLogger("flashsim.prep")
 
 SPOOL_PREFIX = ".flashsim-prep-"
 LOCK_NAME = ".lock"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _held: dict[Path, int] = {}  # spool -> file descriptor holding its lock
 
@@ -111,12 +105,3 @@ def remove_spool(spool: Path) -> None:
     if fd is not None:
         os.close(fd)
 
-
-def die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: get SIGKILL when the parent dies (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
