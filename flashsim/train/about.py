@@ -6,7 +6,6 @@ that resumes it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,7 @@ def run_options(run: _Run) -> RunOptions:
 
 def resume_command(run: _Run) -> str:
     """The command that continues ``run``; the checkpoint restores everything else."""
-    if run.ctx.distributed and os.environ.get(distributed.INIT_METHOD_ENV) is None:
+    if run.ctx.distributed and not distributed.launched_by_nproc():
         return "relaunch the same torchrun command with --resume"
     parts = ["flashsim", "train", run.config.object, "--data", str(run.store)]
     parts += ["--out", str(run.out), "--resume"]

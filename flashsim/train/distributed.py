@@ -3,9 +3,9 @@ reduce metrics across ranks, and launch N local processes (``--nproc``).
 
 Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``
 set) :func:`setup` initialises the default process group: NCCL on CUDA, gloo on CPU.
-:func:`launch` starts ``nproc`` processes on this machine with
-``torch.multiprocessing`` (spawn), rendezvous through a file in a temporary
-directory (no port to pick), runs a function on each, and returns rank 0's result.
+:func:`launch` starts ``nproc`` processes on this machine (spawn; they die with it),
+serves their rendezvous store itself on a loopback port the system picks (nothing on
+disk, no port to pick), runs a function on each, and returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -13,28 +13,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue as queue_module
 import signal
 import sys
-import tempfile
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from flashsim.children import spawn_context
 from flashsim.errors import FlashSimError
-
-if TYPE_CHECKING:
-    import multiprocessing.queues
-
-    from torch.multiprocessing.spawn import ProcessContext
-
-INIT_METHOD_ENV = "FLASHSIM_DIST_INIT_METHOD"
-"""Set by :func:`launch`: the rendezvous URL of the local process group."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +88,7 @@ def setup(device_type: str) -> DistContext:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    init_method = os.environ.get(INIT_METHOD_ENV, "env://")
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
     return DistContext(rank, world_size, local_rank, owns_group=True)
 
 
@@ -130,26 +122,46 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 
 # ---------------------------------------------------------------- local launcher
 
+LAUNCHER_ENV = "FLASHSIM_NPROC"
+"""Set by :func:`launch` in the processes it starts: their number."""
+
+
+def launched_by_nproc() -> bool:
+    """Whether this process is a rank that :func:`launch` started (not torchrun's)."""
+    return LAUNCHER_ENV in os.environ
+
+
+def _rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": _LOOPBACK,
+        "MASTER_PORT": str(port),
+        # The launcher serves the rendezvous store, as torchrun's agent does: every rank,
+        # rank 0 included, connects to it as a client.
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        LAUNCHER_ENV: str(nproc),
+    }
+
+
+_LOOPBACK = "127.0.0.1"
+
 
 def _run_rank(
-    local_rank: int,
+    rank: int,
     nproc: int,
-    init_method: str,
-    results: multiprocessing.queues.Queue[tuple],
+    port: int,
+    report: Connection,
     log_level: int | None,
     fn: Callable[..., Any],
     args: tuple,
 ) -> None:
-    os.environ.update(
-        {
-            "RANK": str(local_rank),
-            "LOCAL_RANK": str(local_rank),
-            "WORLD_SIZE": str(nproc),
-            "LOCAL_WORLD_SIZE": str(nproc),
-            INIT_METHOD_ENV: init_method,
-        }
-    )
-    if log_level is not None and local_rank == 0:
+    """One rank: ``fn(*args)``; reports ``("result", rank, value)`` (rank 0), ``("error",
+    rank, FlashSimError)`` or ``("crash", rank, traceback text)`` to the launcher."""
+    os.environ.update(_rank_env(rank, nproc, port))
+    if log_level is not None and rank == 0:
         # The parent printed flashsim.train messages; rank 0 prints them for it now.
         logger = logging.getLogger("flashsim.train")
         handler = logging.StreamHandler(sys.stderr)
@@ -161,51 +173,62 @@ def _run_rank(
     try:
         value = fn(*args)
     except FlashSimError as err:
-        results.put(("error", local_rank, err))
+        report.send(("error", rank, err))
         sys.exit(2)
-    if local_rank == 0:
-        results.put(("result", 0, value))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, quietly
+        sys.exit(128 + signal.SIGINT)
+    except Exception:
+        report.send(("crash", rank, traceback.format_exc()))
+        sys.exit(1)
+    if rank == 0:
+        report.send(("result", 0, value))
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in ``nproc`` local processes forming one process group.
 
     Each process sees ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` as under torchrun, so ``fn``
-    calls :func:`setup` as usual. Ctrl-C/SIGTERM reaching this parent are forwarded to
-    the workers as SIGINT (their stop request). ``fn`` and ``args`` must be picklable.
+    calls :func:`setup` as usual; this process serves their rendezvous store on a
+    loopback port the system picks (nothing on disk). The processes die with this one,
+    even by ``kill -9`` (:func:`flashsim.children.spawn_context`); when one fails, the
+    others are stopped at once. Ctrl-C/SIGTERM reaching this parent are forwarded to the
+    workers as SIGINT (their stop request). ``fn`` and ``args`` must be picklable.
 
     Returns:
         rank 0's return value.
 
     Raises:
-        FlashSimError: with the first worker's message when a worker raised one.
+        FlashSimError: with the first worker's message when a worker raised one, or
+            saying which worker died and how.
     """
-    import torch.multiprocessing as mp
-
     _check_launchable(nproc)
     parent_logger = logging.getLogger("flashsim.train")
     log_level = parent_logger.getEffectiveLevel() if parent_logger.handlers else None
-    results = mp.get_context("spawn").Queue()
-    messages: list[tuple] = []
-    with tempfile.TemporaryDirectory(prefix="flashsim-dist-") as tmp:
-        init_method = Path(tmp, "rendezvous").as_uri()
-        procs = mp.start_processes(
-            _run_rank,
-            args=(nproc, init_method, results, log_level, fn, args),
-            nprocs=nproc,
-            join=False,
-            start_method="spawn",
-        )
-        with _forwarded_signals(procs), _quiet_spawn_log():
-            failure = _join(procs, results, messages)
-        # Collect what is still in the queue (up to ~2 s for the last messages).
-        for _ in range(20):
-            _drain(results, messages)
-            if any(m[0] in ("result", "error") for m in messages):
-                break
-            with contextlib.suppress(queue_module.Empty):
-                messages.append(results.get(timeout=0.1))
-    return _outcome(messages, failure)
+    ctx = spawn_context()
+    store = dist.TCPStore(_LOOPBACK, 0, is_master=True, wait_for_workers=False)
+    procs: list[BaseProcess] = []
+    reports: list[Connection] = []
+    try:
+        for rank in range(nproc):
+            reader, writer = ctx.Pipe(duplex=False)
+            reports.append(reader)
+            procs.append(
+                ctx.Process(
+                    target=_run_rank,
+                    args=(rank, nproc, store.port, writer, log_level, fn, args),
+                    name=f"flashsim-train-rank{rank}",
+                )
+            )
+            procs[-1].start()
+            writer.close()  # the rank holds the only write end: EOF when it exits
+        with _forwarded_signals(procs):
+            messages, failed = _join(procs, reports)
+    finally:
+        _stop(procs)  # no rank outlives the launch (one failed, or this process is stopping)
+        for reader in reports:
+            reader.close()
+        del store
+    return _outcome(messages, failed, nproc)
 
 
 def _check_launchable(nproc: int) -> None:
@@ -218,20 +241,12 @@ def _check_launchable(nproc: int) -> None:
         )
 
 
-def _drain(results: multiprocessing.queues.Queue[tuple], messages: list[tuple]) -> None:
-    while True:
-        try:
-            messages.append(results.get_nowait())
-        except queue_module.Empty:
-            return
-
-
 @contextlib.contextmanager
-def _forwarded_signals(procs: ProcessContext) -> Iterator[None]:
+def _forwarded_signals(procs: Sequence[BaseProcess]) -> Iterator[None]:
     """While inside: SIGINT/SIGTERM to this process reach the workers as SIGINT."""
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        for p in procs.processes:
+        for p in procs:
             if p.is_alive() and p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGINT)
@@ -247,41 +262,65 @@ def _forwarded_signals(procs: ProcessContext) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-@contextlib.contextmanager
-def _quiet_spawn_log() -> Iterator[None]:
-    # When a worker fails, torch terminates the others and logs each termination; the
-    # worker's own message (see _outcome) is what the user needs.
-    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
-    level = spawn_log.level
-    spawn_log.setLevel(logging.ERROR)
+def _receive(report: Connection, messages: list[tuple], open_reports: set[Connection]) -> None:
     try:
-        yield
-    finally:
-        spawn_log.setLevel(level)
+        messages.append(report.recv())
+    except (EOFError, OSError):  # the rank exited: nothing more from it
+        open_reports.discard(report)
 
 
 def _join(
-    procs: ProcessContext, results: multiprocessing.queues.Queue[tuple], messages: list[tuple]
-) -> BaseException | None:
-    """Wait for the workers, collecting their messages; the failure, if one failed."""
-    from torch.multiprocessing.spawn import ProcessException
+    procs: Sequence[BaseProcess], reports: Sequence[Connection]
+) -> tuple[list[tuple], tuple[int, int] | None]:
+    """Wait for the workers, collecting their messages, until all exited or one failed:
+    the messages and ``(rank, exit code)`` of the first that failed (``None``)."""
+    messages: list[tuple] = []
+    running = {p.sentinel: rank for rank, p in enumerate(procs)}
+    open_reports = set(reports)
+    failed = None
+    while running and failed is None:
+        for ready in wait([*running, *open_reports]):
+            if not isinstance(ready, int):  # a report
+                assert isinstance(ready, Connection)
+                _receive(ready, messages, open_reports)
+                continue
+            rank = running.pop(ready)
+            procs[rank].join()
+            code = procs[rank].exitcode
+            if code and failed is None:
+                failed = (rank, code)
+    for report in list(open_reports):  # what the ranks sent just before they exited
+        while report in open_reports and report.poll():
+            _receive(report, messages, open_reports)
+    return messages, failed
 
-    while True:
-        _drain(results, messages)
-        try:
-            if procs.join(timeout=0.2):
-                return None
-        except ProcessException as err:
-            return err
+
+def _stop(procs: Sequence[BaseProcess]) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        if p.pid is not None:
+            p.join()
 
 
-def _outcome(messages: list[tuple], failure: BaseException | None) -> Any:
-    errors = [m for m in messages if m[0] == "error"]
-    if errors:
-        err = errors[0][2]
-        raise err if isinstance(err, FlashSimError) else FlashSimError(str(err))
-    if failure is not None:
-        raise failure
+def _outcome(messages: list[tuple], failed: tuple[int, int] | None, nproc: int) -> Any:
+    for kind, _, value in messages:
+        if kind == "error":
+            raise value if isinstance(value, FlashSimError) else FlashSimError(str(value))
+    for kind, rank, value in messages:
+        if kind == "crash":
+            raise RuntimeError(f"Training process {rank} of {nproc} failed:\n{value}")
+    if failed is not None:
+        rank, code = failed
+        if code == 128 + signal.SIGINT:
+            raise KeyboardInterrupt
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+        raise FlashSimError(
+            f"Training process {rank} of {nproc} {how}, so the others were stopped (a "
+            "process killed by SIGKILL may have run out of memory). The checkpoints "
+            "written so far are whole: continue with --resume."
+        )
     for kind, _, value in messages:
         if kind == "result":
             return value
