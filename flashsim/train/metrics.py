@@ -2,8 +2,9 @@
 
 One record per epoch (a flat dict of numbers), written by rank 0 only:
 
-* ``metrics.jsonl``: one JSON object per line, rewritten from the checkpoint's history
-  when a run resumes, so it never holds epochs the checkpoint does not know;
+* ``metrics.jsonl``: one JSON object per line, replaced whole every epoch (and from the
+  checkpoint's history when a run resumes), so it never holds epochs the checkpoint does
+  not know nor ends with a partial line;
 * ``tensorboard/``: the same scalars (``tensorboard --logdir runs/``);
 * ``loss.png``: training and validation loss per epoch, refreshed each epoch.
 
@@ -25,11 +26,18 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flashsim.outputs import atomic_output, strict_json, write_text_atomic
+from flashsim.outputs import (
+    atomic_output,
+    make_output_dir,
+    output_errors,
+    strict_json,
+    write_text_atomic,
+)
 from flashsim.train.monitor import RECORD_KEYS
 
 METRICS_FILE = "metrics.jsonl"
@@ -114,13 +122,36 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
         plt.close(fig)
 
 
+def _jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(strict_json(r)) + "\n" for r in records)
+
+
+class _QuietWriterThread:
+    """``threading.excepthook`` while a run writes TensorBoard files. TensorBoard's event
+    writer thread hands a failed write (a full disk) to the training thread, which reports
+    it as an output error, and then re-raises it, which would print a traceback: that one
+    is not printed. Every other thread's error goes to the previous hook."""
+
+    def __init__(self, previous: Callable[[threading.ExceptHookArgs], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, args: threading.ExceptHookArgs) -> None:
+        writer = type(args.thread).__module__.startswith("tensorboard.")
+        if not (writer and issubclass(args.exc_type, OSError)):
+            self.previous(args)
+
+
 class MetricsLogger:
     """Writes epoch records to ``out_dir`` (JSON lines, TensorBoard, PNG).
+
+    ``metrics.jsonl`` and ``loss.png`` are replaced whole (atomically) every epoch, so a
+    full disk or a kill leaves the previous complete version, never a partial line; a
+    failed write is raised as a one-paragraph :class:`~flashsim.errors.StoreError`.
 
     Args:
         out_dir: the run directory.
         history: records already known (from a resumed checkpoint); the JSON-lines
-            file is rewritten to exactly these before new epochs are appended.
+            file is rewritten to exactly these before new epochs are added.
         enabled: ``False`` on ranks other than 0: every method is then a no-op.
         tensorboard: also write TensorBoard event files.
     """
@@ -135,43 +166,58 @@ class MetricsLogger:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self._tb = None
+        self._hook: _QuietWriterThread | None = None
         if not enabled:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            self.out_dir / METRICS_FILE,
-            "".join(json.dumps(strict_json(r)) + "\n" for r in history),
-        )
+        make_output_dir(self.out_dir)
+        write_text_atomic(self.out_dir / METRICS_FILE, _jsonl(history))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events of epochs after the resumed checkpoint.
-            self._tb = SummaryWriter(
-                str(self.out_dir / TENSORBOARD_DIR), purge_step=len(history) + 1
-            )
+            self._hook = _QuietWriterThread(threading.excepthook)
+            threading.excepthook = self._hook
+            try:
+                with output_errors(self._tb_dir):
+                    # purge_step drops events of epochs after the resumed checkpoint.
+                    self._tb = SummaryWriter(str(self._tb_dir), purge_step=len(history) + 1)
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def _tb_dir(self) -> Path:
+        return self.out_dir / TENSORBOARD_DIR
 
     def log_text(self, tag: str, text: str) -> None:
         """Record a text note (e.g. the options that were on) in TensorBoard."""
         if self._tb is not None:
-            self._tb.add_text(tag, text)
+            with output_errors(self._tb_dir):
+                self._tb.add_text(tag, text)
 
     def log_epoch(self, record: dict, history: Sequence[dict]) -> None:
-        """Append ``record`` and refresh the plot of ``history`` (which includes it)."""
+        """Add ``record`` (the last of ``history``) and refresh the plot of ``history``."""
         if not self.enabled:
             return
-        with open(self.out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(strict_json(record)) + "\n")
+        write_text_atomic(self.out_dir / METRICS_FILE, _jsonl(history))
         if self._tb is not None:
-            for key in _SCALARS:
-                if key in record:
-                    self._tb.add_scalar(key, record[key], record["epoch"])
-            for key in RECORD_KEYS:
-                if key in record:
-                    self._tb.add_scalar(f"conditioning/{key}", record[key], record["epoch"])
-            self._tb.flush()
+            with output_errors(self._tb_dir):
+                for key in _SCALARS:
+                    if key in record:
+                        self._tb.add_scalar(key, record[key], record["epoch"])
+                for key in RECORD_KEYS:
+                    if key in record:
+                        self._tb.add_scalar(f"conditioning/{key}", record[key], record["epoch"])
+                self._tb.flush()
         plot_losses(history, self.out_dir / LOSS_PLOT)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Close the TensorBoard files (raises a write that failed on the way)."""
+        tb, self._tb = self._tb, None
+        try:
+            if tb is not None:
+                with output_errors(self._tb_dir):
+                    tb.close()
+        finally:
+            if self._hook is not None and threading.excepthook is self._hook:
+                threading.excepthook = self._hook.previous
+            self._hook = None

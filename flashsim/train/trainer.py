@@ -224,6 +224,7 @@ class _Run:
             ) as runlog:
                 runlog.start(run_info(self), describe(self))
                 status = self._epochs(runlog)
+                runlog.finish(status)
         finally:
             if self.loop.trace is not None:
                 self.loop.trace.close()
