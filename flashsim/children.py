@@ -1,14 +1,12 @@
 """Child processes that die with their parent and never outlive it by more than a moment.
 
-* :func:`spawn_context`: a ``multiprocessing`` "spawn" context (for ``ProcessPoolExecutor``
-  or ``ctx.Process``) whose children arm Linux's parent-death signal (SIGKILL) as their
-  very first act, before they import anything or read their work from the parent. A child
-  that finds its parent gone while it starts exits quietly (exit code
-  :data:`ORPHANED_EXIT`): the stock spawn child prints an ``EOFError`` traceback when its
-  parent was killed, or stopped by a signal, between starting it and sending it its work.
-  ``prep --workers`` and ``train --nproc`` start their workers through it.
-* :func:`die_with_parent`: the same guard for a process that is already running (a pool
-  initializer, say).
+:func:`spawn_context` is a ``multiprocessing`` "spawn" context (for
+``ProcessPoolExecutor`` or ``ctx.Process``) whose children arm Linux's parent-death signal
+(SIGKILL) as their very first act, before they import anything or read their work from
+the parent. A child that finds its parent gone while it starts exits quietly (exit code
+:data:`ORPHANED_EXIT`): the stock spawn child prints an ``EOFError`` traceback when its
+parent was killed, or stopped by a signal, between starting it and sending it its work.
+``prep --workers`` and ``train --nproc`` start their workers through it.
 
 The parent-death signal is sent when the *thread* that started the child ends: start
 children from a thread that lives as long as they should (the main thread).
@@ -46,8 +44,8 @@ def _arm_parent_death_signal() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Get SIGKILL when the parent dies; exit now if it already has (a pool initializer)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGKILL when the parent dies; exit now if it already has."""
     _arm_parent_death_signal()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(ORPHANED_EXIT)
@@ -58,7 +56,7 @@ def start_child(pipe_handle: int, tracker_fd: int, parent_pid: int) -> None:
     after arming the parent-death signal. A failure to start (no work arrived, the
     parent's semaphores are gone) is silent when the parent is gone or never sent the
     work, and so is Ctrl-C while it starts: nobody is left to act on a traceback."""
-    die_with_parent(parent_pid)
+    _die_with_parent(parent_pid)
     from multiprocessing import spawn
 
     try:

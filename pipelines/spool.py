@@ -104,4 +104,3 @@ def remove_spool(spool: Path) -> None:
     fd = _held.pop(spool, None)
     if fd is not None:
         os.close(fd)
-

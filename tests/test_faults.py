@@ -504,8 +504,7 @@ def test_kill_9_of_train_nproc_takes_its_workers_and_the_same_command_runs_again
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Done: 1 epochs" in done.stdout, done.stderr
-    status = json.loads((out / "run.json").read_text())["status"]
-    assert status == {"state": "completed", "epochs_done": 1}
+    assert json.loads((out / "run.json").read_text())["status"] == {"state": "completed"}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not leftovers(out)
 
 
@@ -523,26 +522,25 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def assert_whole_run(out: Path) -> dict:
+def assert_whole_run(out: Path) -> tuple[dict, int]:
     """Every file of the run folder ``out`` whole, and its parts consistent with each
-    other; ``run.json``'s status."""
+    other; ``run.json``'s status and the epochs in ``metrics.jsonl``."""
     from flashsim.checkpoint import read_checkpoint
 
     status = json.loads((out / "run.json").read_text())["status"]
     text = (out / "metrics.jsonl").read_text()
     assert text == "" or text.endswith("\n")
-    assert [json.loads(line)["epoch"] for line in text.splitlines()] == list(
-        range(1, status["epochs_done"] + 1)
-    )
+    epochs = [json.loads(line)["epoch"] for line in text.splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))
     assert (out / "train.log").read_text().endswith("\n")
     checkpoints = out / "checkpoints"
     last = read_checkpoint(checkpoints / "last.pt")["epochs_done"]
-    assert last in (status["epochs_done"], status["epochs_done"] + 1)
+    assert last in (len(epochs), len(epochs) + 1)  # the disk may fill between the two
     read_checkpoint(checkpoints / "best.pt")
     for k, path in enumerate(sorted(checkpoints.glob("epoch-*.pt")), start=1):
         assert path.name == f"epoch-{k:04d}.pt" and read_checkpoint(path)["epochs_done"] == k
     assert not leftovers(out)
-    return status
+    return status, len(epochs)
 
 
 @pytest.mark.multiprocess  # real training processes
@@ -557,9 +555,9 @@ def test_full_disk_during_training_leaves_whole_files_and_resumes(tmp_path, tmpf
     done = subprocess.run(train_command(store, out, *options), capture_output=True, text=True)
     assert_error(done.returncode, done.stderr, 2, "Cannot write", str(out), "full")
     assert "Exception in thread" not in done.stderr and "Logging error" not in done.stderr
-    status = assert_whole_run(out)
+    status, epochs = assert_whole_run(out)
     assert status["state"] == "failed" and "Cannot write" in status["error"]
-    assert 1 <= status["epochs_done"] < 12
+    assert 1 <= epochs < 12
 
     # A resume on a disk that is still full changes nothing.
     filler = fill(disk)
@@ -572,7 +570,26 @@ def test_full_disk_during_training_leaves_whole_files_and_resumes(tmp_path, tmpf
     subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
     code, output = cli(*resume)
     assert code == 0, output
-    assert assert_whole_run(out) == {"state": "completed", "epochs_done": 12}
+    assert assert_whole_run(out) == ({"state": "completed"}, 12)
+
+
+@pytest.mark.multiprocess  # real training processes
+def test_full_disk_under_nproc_2_stops_every_rank_with_the_output_error(tmp_path, tmpfs):
+    """Rank 0 alone writes: its failed write must not leave rank 1 waiting in the next
+    collective (and rank 0 in a barrier) for gloo's 30-minute timeout."""
+    from conftest import make_store
+
+    store = make_store(tmp_path, n_train=4096, n_val=1024)
+    disk = tmpfs("1m")
+    (disk / "filler").write_bytes(bytes(800 * 1024))  # room for run.json, not for last.pt
+    out = disk / "run"
+    command = train_command(store, out, "--nproc", 2, "--epochs", 3, "--batch-size", 1024)
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert_error(done.returncode, done.stderr, 2, "Cannot write", str(out), "full")
+    assert time.monotonic() - started < 120
+    assert json.loads((out / "run.json").read_text())["status"]["state"] in ("failed", "incomplete")
+    assert not leftovers(out)
 
 
 def test_metrics_and_tensorboard_on_a_full_disk(tmpfs, capfd):

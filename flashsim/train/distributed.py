@@ -92,11 +92,14 @@ def setup(device_type: str) -> DistContext:
     return DistContext(rank, world_size, local_rank, owns_group=True)
 
 
-def teardown(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`setup` created it."""
+def teardown(ctx: DistContext, failed: bool = False) -> None:
+    """Destroy the process group if :func:`setup` created it; after a barrier unless this
+    rank ``failed`` (the others may be waiting in another collective: a barrier would
+    never return, and this rank's exit is what stops them)."""
     if ctx.owns_group and dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.barrier()
+        if not failed:
+            with contextlib.suppress(Exception):
+                dist.barrier()
         dist.destroy_process_group()
 
 
@@ -124,6 +127,7 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 
 LAUNCHER_ENV = "FLASHSIM_NPROC"
 """Set by :func:`launch` in the processes it starts: their number."""
+_LOOPBACK = "127.0.0.1"
 
 
 def launched_by_nproc() -> bool:
@@ -144,9 +148,6 @@ def _rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
         "TORCHELASTIC_USE_AGENT_STORE": "True",
         LAUNCHER_ENV: str(nproc),
     }
-
-
-_LOOPBACK = "127.0.0.1"
 
 
 def _run_rank(
@@ -317,9 +318,9 @@ def _outcome(messages: list[tuple], failed: tuple[int, int] | None, nproc: int) 
             raise KeyboardInterrupt
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
         raise FlashSimError(
-            f"Training process {rank} of {nproc} {how}, so the others were stopped (a "
-            "process killed by SIGKILL may have run out of memory). The checkpoints "
-            "written so far are whole: continue with --resume."
+            f"Training process {rank} of {nproc} {how}, so the others were stopped (SIGKILL "
+            "often means that the system ran out of memory). The checkpoints written so "
+            "far are whole: --resume continues from the last one."
         )
     for kind, _, value in messages:
         if kind == "result":

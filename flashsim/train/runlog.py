@@ -6,11 +6,11 @@ method is a no-op.
 Nothing half-written looks complete, even on a full disk: ``run.json`` and the metrics
 are replaced whole (atomically), a ``train.log`` line that cannot be written is undone,
 and a failed write stops the run with a one-paragraph output error
-(:func:`flashsim.outputs.output_error`). ``run.json``'s ``status`` says how far the run
-got: ``state`` is ``incomplete`` while it runs (and stays so when the process was killed
+(:func:`flashsim.outputs.output_error`). ``run.json``'s ``status`` says how the run
+ended: ``state`` is ``incomplete`` while it runs (and stays so when the process was killed
 or the disk was too full to record the end), then ``completed``, ``paused``,
-``interrupted`` or ``failed`` (with the ``error``); ``epochs_done`` counts the finished
-epochs.
+``interrupted`` or ``failed`` (with the ``error``). How far it got is in the metrics and
+the checkpoints.
 """
 
 from __future__ import annotations
@@ -99,7 +99,6 @@ class RunLog:
         self._handler: _LogFile | None = None
         self._previous_level = log.level
         self._info: dict | None = None
-        self._epochs_done = len(history)
 
     def __enter__(self) -> RunLog:
         if self.main:
@@ -124,7 +123,6 @@ class RunLog:
 
     def epoch(self, record: dict, history: list[dict], epochs: int, is_best: bool) -> None:
         """Record a finished epoch (metrics files and one ``train.log`` line)."""
-        self._epochs_done = len(history)  # its checkpoint is written
         self.metrics.log_epoch(record, history)
         if self.main:
             log.info(
@@ -145,7 +143,7 @@ class RunLog:
 
     def _write_run_file(self, state: str, error: str | None = None) -> None:
         assert self._info is not None
-        status: dict = {"state": state, "epochs_done": self._epochs_done}
+        status = {"state": state}
         if error is not None:
             status["error"] = error
         text = json.dumps({**self._info, "status": status}, indent=1, default=str)

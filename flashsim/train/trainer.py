@@ -329,11 +329,14 @@ def _train_process(config: TrainConfig, saved: Checkpoint | None = None) -> Trai
         device = torch.device("cuda", ctx.local_rank)
     elif device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # cuda:N: CUDA events and the allocator use GPU N
+    failed = True
     try:
         with _torch_flags(config, device):
-            return _Run(config, ctx, device, saved).run()
+            result = _Run(config, ctx, device, saved).run()
+        failed = False
+        return result
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, failed)
 
 
 def train(config: TrainConfig) -> TrainResult:
