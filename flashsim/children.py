@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import multiprocessing
 import multiprocessing.process
 import os
 import signal
 import sys
+import threading
 from multiprocessing.context import SpawnContext
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -74,53 +74,13 @@ def start_child(pipe_handle: int, tracker_fd: int, parent_pid: int) -> None:
 
 
 if sys.platform != "win32":
-    from multiprocessing import popen_spawn_posix, reduction, resource_tracker, spawn, util
-    from multiprocessing.context import SpawnProcess, set_spawning_popen
+    from multiprocessing import popen_spawn_posix, spawn, util
+    from multiprocessing.context import SpawnProcess
 
-    class _GuardedPopen(popen_spawn_posix.Popen):
-        _fds: list[int]  # set by popen_spawn_posix.Popen
+    _COMMAND_LINE_LOCK = threading.Lock()
 
-        def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
-            # CPython's popen_spawn_posix.Popen._launch (3.10 to 3.13), with one change:
-            # the child runs start_child instead of multiprocessing.spawn.spawn_main.
-            tracker_fd = resource_tracker.getfd()
-            assert tracker_fd is not None  # getfd() starts the tracker
-            self._fds.append(tracker_fd)
-            prep_data = spawn.get_preparation_data(process_obj.name)
-            fp = _payload(self, prep_data, process_obj)
-            parent_r = child_w = child_r = parent_w = None
-            try:
-                parent_r, child_w = os.pipe()
-                child_r, parent_w = os.pipe()
-                cmd = _command_line(child_r, tracker_fd)
-                self._fds.extend([child_r, child_w])
-                exe = os.fsencode(spawn.get_executable())
-                self.pid = util.spawnv_passfds(exe, cmd, self._fds)
-                self.sentinel = parent_r
-                with open(parent_w, "wb", closefd=False) as f:
-                    f.write(fp)
-            finally:
-                fds_to_close = [fd for fd in (parent_r, parent_w) if fd is not None]
-                self.finalizer = util.Finalize(self, _close_fds, fds_to_close)
-                for fd in (child_r, child_w):
-                    if fd is not None:
-                        os.close(fd)
-
-    def _close_fds(*fds: int) -> None:
-        for fd in fds:
-            os.close(fd)
-
-    def _payload(popen: _GuardedPopen, prep_data: dict, process_obj: object) -> bytes:
-        fp = io.BytesIO()
-        set_spawning_popen(popen)
-        try:
-            reduction.dump(prep_data, fp)
-            reduction.dump(process_obj, fp)
-        finally:
-            set_spawning_popen(None)
-        return fp.getvalue()
-
-    def _command_line(pipe_handle: int, tracker_fd: int) -> list[str]:
+    def _guarded_command_line(*, pipe_handle: int, tracker_fd: int) -> list[str]:
+        """The child's command line: :func:`start_child` in place of ``spawn_main``."""
         # The directory flashsim is imported from comes first: the child imports
         # flashsim.children before multiprocessing restores the parent's sys.path.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,6 +97,19 @@ if sys.platform != "win32":
             prog,
             "--multiprocessing-fork",
         ]
+
+    class _GuardedPopen(popen_spawn_posix.Popen):
+        def _launch(self, process_obj: multiprocessing.process.BaseProcess) -> None:
+            # The stock launch, which asks multiprocessing.spawn for the child's command
+            # line: that one function is swapped for the guarded one while it runs (under
+            # a lock, so concurrent starts from other threads see a consistent module).
+            with _COMMAND_LINE_LOCK:
+                stock = spawn.get_command_line
+                spawn.get_command_line = _guarded_command_line  # type: ignore[assignment]
+                try:
+                    super()._launch(process_obj)  # type: ignore[misc]
+                finally:
+                    spawn.get_command_line = stock
 
     class _GuardedProcess(SpawnProcess):
         @staticmethod
