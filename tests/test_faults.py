@@ -469,6 +469,16 @@ def gone(procs, timeout: float) -> bool:
     return True
 
 
+def _cmdline(process) -> str:
+    """The command line of a child, "" for one that has just ended (a zombie until reaped)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return ""
+
+
 @pytest.mark.multiprocess  # real training processes
 def test_kill_9_of_train_nproc_takes_its_workers_and_the_same_command_runs_again(tmp_path):
     import psutil
@@ -482,7 +492,7 @@ def test_kill_9_of_train_nproc_takes_its_workers_and_the_same_command_runs_again
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for _ in range(3000):  # until both ranks train: rank 0 writes run.json after joining
         kids = psutil.Process(proc.pid).children(recursive=True)
-        ranks = [k for k in kids if "start_child" in " ".join(k.cmdline())]
+        ranks = [k for k in kids if "start_child" in _cmdline(k)]
         if len(ranks) == 2 and (out / "run.json").exists():
             break
         assert proc.poll() is None, proc.communicate()[1]
