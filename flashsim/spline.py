@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform
@@ -58,67 +59,202 @@ DEFAULT_MIN_BIN_HEIGHT: float = nflows_rq.DEFAULT_MIN_BIN_HEIGHT
 DEFAULT_MIN_DERIVATIVE: float = nflows_rq.DEFAULT_MIN_DERIVATIVE
 
 
-def _inner_cumulative(unnormalized: torch.Tensor, min_size: float) -> torch.Tensor:
-    """``(..., K)`` bin logits -> ``(..., K - 1)`` cumulative floored bin sizes (on [0, 1])
-    at the inner knots: nflows' ``w_min + (1 - K w_min) softmax``, cumulated."""
-    num_bins = unnormalized.shape[-1]
-    sizes = F.softmax(unnormalized, dim=-1) * (1 - min_size * num_bins) + min_size
-    return torch.cumsum(sizes[..., :-1], dim=-1)
+class _BinTables(torch.autograd.Function):
+    """The table part of the spline: the two knots of each value's bin and its two
+    derivative logits, from the packed parameters.
+
+    ``params`` ``(..., 3K - 1)`` are nflows' layout, width logits | height logits |
+    derivative logits of the inner knots; ``clamped`` ``(...)`` are the values, inside
+    ``[-B, B]``, of the searched coordinate (``x`` forward, ``y`` inverse). Returns
+    ``(x_ends, y_ends, derivative_logits)``, each ``(..., 2)`` (the bin's left, right end).
+
+    Forward: nflows' operations (so nflows' rounding) on the stacked width and height
+    logits ``(..., 2, K)``: division by the logit scale (which also makes them
+    contiguous), softmax, floor ``m + (1 - K m) p``, cumulative sum; the knots in the
+    interval for the searched coordinate only, the rest after the gather. Backward:
+    analytic, into one gradient buffer for ``params`` (no ``cat``, no zero-filled table
+    per gather, no reversed cumulative sum): a row's sums reach the result only at its
+    bin's two ends, so their gradient is a step over the bins, and softmax's backward one
+    ``where`` and one multiply.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        params: torch.Tensor,
+        clamped: torch.Tensor,
+        inverse: bool,
+        bound: float,
+        logit_scale: float,
+        minima: tuple[float, float, float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = (params.shape[-1] + 1) // 3
+        logits = params[..., : 2 * k].unflatten(-1, (2, k)) / logit_scale  # (..., 2, K): w, h
+        probs = torch.softmax(logits, dim=-1)
+        # the floored sizes overwrite the logits, or the softmax when there is no backward
+        sizes = logits if ctx.needs_input_grad[0] else probs
+        cumulative = _cumsum_rows(_floored(probs, minima[:2], out=sizes))
+        # the bin = how many inner knots (the first K - 1 sums, in the interval) of the
+        # searched coordinate are <= the value: nflows' count (a value on a knot belongs
+        # to the bin on its right, B itself to the last bin)
+        knots = _to_interval(cumulative[..., int(inverse), :-1], bound)
+        index = torch.searchsorted(knots, clamped.unsqueeze(-1).contiguous(), right=True)
+        # the columns of the bin's ends, knots index and index + 1 (1-based); the first
+        # bin's left end is -B, the last's right end B, pinned as nflows pins them
+        shifted = index + torch.arange(-1, 1, device=index.device)  # (..., 2)
+        pair = shifted.clamp(0, k - 2)
+        edges = pair != shifted  # (..., 2): the left end of bin 0, the right end of bin K-1
+        picked = cumulative.gather(-1, pair.unsqueeze(-2).expand(*pair.shape[:-1], 2, 2))
+        bounds = torch.arange(-1, 2, 2, dtype=params.dtype, device=params.device) * bound
+        ends = torch.where(edges.unsqueeze(-2), bounds, _to_interval(picked, bound))
+        edge = math.log(math.exp(1 - minima[2]) - 1)  # softplus^-1(1 - d_min): slope 1
+        derivative_logits = torch.where(edges, edge, params[..., 2 * k :].gather(-1, pair))
+        ctx.save_for_backward(probs, picked, index, pair, edges)
+        ctx.constants = (bound, logit_scale, minima)
+        return ends[..., 0, :], ends[..., 1, :], derivative_logits
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_x: torch.Tensor, grad_y: torch.Tensor, grad_derivatives: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        probs, picked, index, pair, edges = ctx.saved_tensors
+        bound, logit_scale, (min_width, min_height, _) = ctx.constants
+        k = probs.shape[-1]
+        keep = ~edges
+        # dL/dC at the ends' cumulative floored sizes C, (..., 2 tables, 2 ends)
+        g = torch.stack([grad_x, grad_y], dim=-2) * (keep.unsqueeze(-2) * (2 * bound))
+        # C(i) = (1 - K m) P(i) + m (i + 1), P the cumulative softmax p; bin b's ends are
+        # columns b - 1 and b, so dL/dp_j = (1 - K m)(g_left [j < b] + g_right [j <= b]);
+        # softmax's backward, divided by the logit scale: p_j (dL/dp_j - sum_i p_i dL/dp_i)
+        # / scale, where the sum is (1 - K m) g . P(ends) = g . (C(ends) - m (i + 1))
+        g_p = _tablewise(g, tuple((1 - m * k) / logit_scale for m in (min_width, min_height)))
+        columns = (pair + 1).to(g.dtype).unsqueeze(-2).expand_as(g)
+        floors = _tablewise(columns, (min_width, min_height))
+        total = (g * (picked - floors)).sum(dim=-1, keepdim=True) / logit_scale
+        before = (torch.arange(k, device=index.device) < index).unsqueeze(-2)  # (..., 1, K)
+        # straight into one buffer for params; dynamo refuses a strided ``out=``, but
+        # under torch.compile the final cat is fused anyway
+        grad = None if torch.compiler.is_compiling() else probs.new_empty(*g.shape[:-2], 3 * k - 1)
+        out = None if grad is None else grad[..., : 2 * k].unflatten(-1, (2, k))
+        grad_logits = torch.where(before, g_p.sum(dim=-1, keepdim=True) - total, -total, out=out)
+        grad_logits.scatter_add_(-1, index.unsqueeze(-2).expand_as(total), g_p[..., 1:])
+        grad_logits.mul_(probs)
+        grad_derivative_logits = (
+            probs.new_zeros(*g.shape[:-2], k - 1) if grad is None else grad[..., 2 * k :].zero_()
+        )
+        grad_derivative_logits.scatter_add_(-1, pair, grad_derivatives * keep)
+        if grad is None:
+            grad = torch.cat([grad_logits.flatten(-2), grad_derivative_logits], dim=-1)
+        return grad, None, None, None, None, None
+
+
+def _floored(
+    probs: torch.Tensor, min_sizes: tuple[float, float], out: torch.Tensor
+) -> torch.Tensor:
+    """``(..., 2, K)`` softmax -> nflows' floored sizes ``m + (1 - K m) p`` (``m`` per table:
+    widths, heights) with nflows' operations, written into ``out`` (contiguous, or ``probs``)."""
+    k = probs.shape[-1]
+    if min_sizes[0] == min_sizes[1]:
+        return torch.mul(probs, 1 - min_sizes[0] * k, out=out).add_(min_sizes[0])
+    for t, m in enumerate(min_sizes):  # different floors: table by table
+        out[..., t, :].copy_(probs[..., t, :] * (1 - m * k)).add_(m)
+    return out
+
+
+def _cumsum_rows(table: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums along the last axis of a contiguous table, in place; as one
+    ``(rows, K)`` matrix, which the CPU kernel scans about twice as fast as 4-D."""
+    return table.view(-1, table.shape[-1]).cumsum_(dim=-1).view(table.shape)
+
+
+def _tablewise(values: torch.Tensor, factors: tuple[float, ...]) -> torch.Tensor:
+    """``(..., 2, n)`` times a factor per table (the width row, the height row)."""
+    if factors[0] == factors[1]:
+        return values * factors[0]
+    return torch.stack([values[..., t, :] * f for t, f in enumerate(factors)], dim=-2)
 
 
 def _to_interval(cumulative: torch.Tensor, bound: float) -> torch.Tensor:
     # nflows' ``(right - left) * cumwidths + left``: the same operations, the same rounding
-    return (2 * bound) * cumulative + (-bound)
+    return ((2 * bound) * cumulative).add_(-bound)
 
 
-def _gather_pair(table: torch.Tensor, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    picked = table.gather(-1, pair)
-    return picked[..., 0], picked[..., 1]
+def packed_rational_quadratic_spline(
+    inputs: torch.Tensor,
+    params: torch.Tensor,
+    inverse: bool = False,
+    tail_bound: float = 1.0,
+    logit_scale: float = 1.0,
+    min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
+    min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
+    min_derivative: float = DEFAULT_MIN_DERIVATIVE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rational_quadratic_spline` on nflows' packed coupling parameters.
+
+    Args:
+        inputs: ``(...)`` values (any real number).
+        params: ``(..., 3K - 1)``: the ``K`` width logits, the ``K`` height logits and
+            the ``K - 1`` derivative logits, concatenated (a coupling network's output).
+        logit_scale: the width and height logits are divided by it (nflows divides them
+            by ``sqrt(hidden_features)`` of the conditioner).
+        inverse, tail_bound, min_bin_width, min_bin_height, min_derivative: as
+            :func:`rational_quadratic_spline`.
+
+    Returns:
+        ``(outputs, logabsdet)``, both shaped like ``inputs``.
+    """
+    num_bins = (params.shape[-1] + 1) // 3
+    if params.shape[-1] != 3 * num_bins - 1 or num_bins < 2:
+        raise ValueError(f"Expected 3K - 1 parameters with K >= 2, got {params.shape[-1]}")
+    if min_bin_width * num_bins > 1.0 or min_bin_height * num_bins > 1.0:
+        raise ValueError("Minimal bin width or height too large for the number of bins")
+    bound = float(tail_bound)
+    inside = (inputs >= -bound) & (inputs <= bound)
+    clamped = inputs.clamp(-bound, bound)
+    minima = (min_bin_width, min_bin_height, min_derivative)
+    x_ends, y_ends, logits = _BinTables.apply(
+        params, clamped.detach(), inverse, bound, float(logit_scale), minima
+    )
+    derivatives = min_derivative + F.softplus(logits)
+    outputs, logabsdet = _evaluate(clamped, x_ends, y_ends, derivatives, inverse)
+    return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
 
-def _bins(
+def _evaluate(
     clamped: torch.Tensor,
-    unnormalized_widths: torch.Tensor,
-    unnormalized_heights: torch.Tensor,
-    unnormalized_derivatives: torch.Tensor,
+    x_ends: torch.Tensor,
+    y_ends: torch.Tensor,
+    derivatives: torch.Tensor,
     inverse: bool,
-    bound: float,
-    minima: tuple[float, float, float],
-) -> tuple[torch.Tensor, ...]:
-    """The bin of each clamped value ``(...)``: its left knot ``x_k``, width ``w_k``,
-    bottom ``y_k``, height ``h_k`` and the derivatives ``d_k``, ``d_k1`` at its ends."""
-    min_bin_width, min_bin_height, min_derivative = minima
-    num_bins = unnormalized_widths.shape[-1]
-    # Only the K - 1 inner knots are searched or gathered: the end knots are the bounds,
-    # pinned (as nflows pins them, so no gradient flows through them).
-    cum_w = _inner_cumulative(unnormalized_widths, min_bin_width)
-    cum_h = _inner_cumulative(unnormalized_heights, min_bin_height)
-    cum_searched, cum_other = (cum_h, cum_w) if inverse else (cum_w, cum_h)
-    knots = _to_interval(cum_searched, bound)  # only the searched coordinate in full
-    # bin = number of knots <= value, minus one (nflows' count; the first knot, -B, is
-    # always <= the clamped value; the last, B + 1e-6 in nflows, never)
-    index = torch.searchsorted(knots, clamped[..., None].contiguous(), right=True)
-    first, last = index[..., 0] == 0, index[..., 0] == num_bins - 1
-    # inner knots k and k + 1 (1-based), the bin's left and right, as table columns
-    pair = torch.cat([(index - 1).clamp_(min=0), index.clamp(max=num_bins - 2)], dim=-1)
-
-    lo, hi = _gather_pair(knots, pair)
-    lo_other, hi_other = _gather_pair(cum_other, pair)
-    lo_other, hi_other = _to_interval(lo_other, bound), _to_interval(hi_other, bound)
-    lo, lo_other = torch.where(first, -bound, lo), torch.where(first, -bound, lo_other)
-    hi, hi_other = torch.where(last, bound, hi), torch.where(last, bound, hi_other)
-    if inverse:
-        (y_k, y_k1), (x_k, x_k1) = (lo, hi), (lo_other, hi_other)
-    else:
-        (x_k, x_k1), (y_k, y_k1) = (lo, hi), (lo_other, hi_other)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rational-quadratic map of each value ``(...)`` in its bin, whose ends are
+    ``x_ends``, ``y_ends`` and ``derivatives`` ``(..., 2)``; nflows' formulas."""
+    (x_k, x_k1), (y_k, y_k1) = x_ends.unbind(-1), y_ends.unbind(-1)
+    d_k, d_k1 = derivatives.unbind(-1)
     w_k, h_k = x_k1 - x_k, y_k1 - y_k
-
-    # knot derivatives: the end ones are softplus^-1(1 - d_min), slope 1 with the tails
-    edge = math.log(math.exp(1 - min_derivative) - 1)  # nflows' constant, as it writes it
-    u_k, u_k1 = _gather_pair(unnormalized_derivatives, pair)
-    d_k = min_derivative + F.softplus(torch.where(first, edge, u_k))
-    d_k1 = min_derivative + F.softplus(torch.where(last, edge, u_k1))
-    return x_k, w_k, y_k, h_k, d_k, d_k1
+    s_k = h_k / w_k
+    curvature = d_k + d_k1 - 2 * s_k
+    if inverse:
+        offset = clamped - y_k
+        a = offset * curvature + h_k * (s_k - d_k)
+        b = h_k * d_k - offset * curvature
+        c = -s_k * offset
+        # >= 0 in exact arithmetic; nflows asserts it (a host sync), rounding can dip below
+        discriminant = (b.pow(2) - 4 * a * c).clamp_min(0)
+        theta = (2 * c) / (-b - torch.sqrt(discriminant))
+        outputs = theta * w_k + x_k
+    else:
+        theta = (clamped - x_k) / w_k
+    theta_one_minus_theta = theta * (1 - theta)
+    denominator = s_k + curvature * theta_one_minus_theta
+    if not inverse:
+        numerator = h_k * (s_k * theta.pow(2) + d_k * theta_one_minus_theta)
+        outputs = y_k + numerator / denominator
+    derivative_numerator = s_k.pow(2) * (
+        d_k1 * theta.pow(2) + 2 * s_k * theta_one_minus_theta + d_k * (1 - theta).pow(2)
+    )
+    logabsdet = torch.log(derivative_numerator) - 2 * torch.log(denominator)
+    return outputs, -logabsdet if inverse else logabsdet
 
 
 def rational_quadratic_spline(
@@ -147,48 +283,16 @@ def rational_quadratic_spline(
         ``(outputs, logabsdet)``, both shaped like ``inputs``; ``logabsdet`` is
         ``log |d outputs / d inputs|`` (0 in the tails).
     """
-    num_bins = unnormalized_widths.shape[-1]
-    if min_bin_width * num_bins > 1.0 or min_bin_height * num_bins > 1.0:
-        raise ValueError("Minimal bin width or height too large for the number of bins")
-    bound = float(tail_bound)
-    inside = (inputs >= -bound) & (inputs <= bound)
-    clamped = inputs.clamp(-bound, bound)
-
-    x_k, w_k, y_k, h_k, d_k, d_k1 = _bins(
-        clamped,
-        unnormalized_widths,
-        unnormalized_heights,
-        unnormalized_derivatives,
-        inverse,
-        bound,
-        (min_bin_width, min_bin_height, min_derivative),
+    params = torch.cat([unnormalized_widths, unnormalized_heights, unnormalized_derivatives], -1)
+    return packed_rational_quadratic_spline(
+        inputs,
+        params,
+        inverse=inverse,
+        tail_bound=tail_bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
     )
-    s_k = h_k / w_k  # nflows gathers heights / widths: the same quotient
-    curvature = d_k + d_k1 - 2 * s_k
-
-    if inverse:
-        offset = clamped - y_k
-        a = offset * curvature + h_k * (s_k - d_k)
-        b = h_k * d_k - offset * curvature
-        c = -s_k * offset
-        # >= 0 in exact arithmetic; nflows asserts it (a host sync), rounding can dip below
-        discriminant = (b.pow(2) - 4 * a * c).clamp_min(0)
-        theta = (2 * c) / (-b - torch.sqrt(discriminant))
-        outputs = theta * w_k + x_k
-    else:
-        theta = (clamped - x_k) / w_k
-    theta_one_minus_theta = theta * (1 - theta)
-    denominator = s_k + curvature * theta_one_minus_theta
-    if not inverse:
-        numerator = h_k * (s_k * theta.pow(2) + d_k * theta_one_minus_theta)
-        outputs = y_k + numerator / denominator
-    derivative_numerator = s_k.pow(2) * (
-        d_k1 * theta.pow(2) + 2 * s_k * theta_one_minus_theta + d_k * (1 - theta).pow(2)
-    )
-    logabsdet = torch.log(derivative_numerator) - 2 * torch.log(denominator)
-    if inverse:
-        logabsdet = -logabsdet
-    return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
 
 class FusedRQCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
@@ -223,24 +327,18 @@ class FusedRQCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
         if hidden is None:
             hidden = getattr(self.transform_net, "hidden_channels", None)
         # nflows divides the width and height logits by sqrt(hidden) (better initialisation)
-        self._logit_scale = float(math.sqrt(hidden)) if hidden is not None else None
+        self._logit_scale = float(math.sqrt(hidden)) if hidden is not None else 1.0
 
     def _spline(
         self, inputs: torch.Tensor, params: torch.Tensor, inverse: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.num_bins
         params = params.reshape(inputs.shape[0], inputs.shape[1], -1)
-        # split, not slices: its backward is one cat, not a zero-filled copy per slice
-        widths, heights, derivatives = params.split([k, k, k - 1], dim=-1)
-        if self._logit_scale is not None:
-            widths, heights = widths / self._logit_scale, heights / self._logit_scale
-        outputs, logabsdet = rational_quadratic_spline(
+        outputs, logabsdet = packed_rational_quadratic_spline(
             inputs,
-            widths,
-            heights,
-            derivatives,
+            params,
             inverse=inverse,
             tail_bound=self.tail_bound,
+            logit_scale=self._logit_scale,
             min_bin_width=self.min_bin_width,
             min_bin_height=self.min_bin_height,
             min_derivative=self.min_derivative,

@@ -57,14 +57,22 @@ def _spline_inputs(n: int = 500, d: int = 3, k: int = 8, bound: float = 2.0, see
     return x, w, h, u
 
 
+# nflows' default floors, and different ones for widths and heights (computed apart)
+MINIMA = [(1e-3, 1e-3, 1e-3), (2e-2, 5e-3, 1e-2)]
+
+
+@pytest.mark.parametrize("minima", MINIMA, ids=["default-floors", "other-floors"])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_kernel_matches_nflows_values_and_gradients(inverse):
+def test_kernel_matches_nflows_values_and_gradients(inverse, minima):
     bound = 2.0
     x, w, h, u = _spline_inputs(bound=bound)
     ours_in = [t.clone().requires_grad_() for t in (x, w, h, u)]
     ref_in = [t.clone().requires_grad_() for t in (x, w, h, u)]
-    y, lad = rational_quadratic_spline(*ours_in, inverse=inverse, tail_bound=bound)
-    y_ref, lad_ref = nflows_spline(*ref_in, inverse=inverse, tails="linear", tail_bound=bound)
+    floors = dict(zip(("min_bin_width", "min_bin_height", "min_derivative"), minima, strict=True))
+    y, lad = rational_quadratic_spline(*ours_in, inverse=inverse, tail_bound=bound, **floors)
+    y_ref, lad_ref = nflows_spline(
+        *ref_in, inverse=inverse, tails="linear", tail_bound=bound, **floors
+    )
     # float32 tolerances (bins with slopes near the 1e-3 floor amplify any rounding)
     assert torch.allclose(y, y_ref, atol=1e-5, rtol=0)
     assert torch.allclose(lad, lad_ref, atol=1e-4, rtol=0)
