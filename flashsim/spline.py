@@ -18,11 +18,22 @@ for operation:
   bin (nflows adds ``1e-6`` to the last knot before its search);
 * the inverse takes the numerically stable root ``2c / (-b - sqrt(b^2 - 4ac))``.
 
-Only what the element's own bin needs is computed per element: the softmax and cumulative
-sums run over all bins (the knot positions over all bins of the searched coordinate),
-but widths, heights, slopes and derivatives are formed after gathering the two knots of
-the bin (nflows forms them for every bin, then gathers), with the same floating-point
-operations, so the values are nflows' to the last bit.
+Only what the element's own bin needs is computed per element. The tables (all bins of a
+row) are the costly part, so their pipeline is short (:class:`_BinTables`): widths and
+heights go through it stacked as one ``(..., 2, K)`` table (the division by the logit
+scale, softmax, floor, cumulative sum, each once), the knots in the interval are formed
+for the searched coordinate only, and widths, heights, slopes and derivatives are formed
+after gathering the bin's two ends (nflows forms them for every bin, then gathers). The
+forward and the inverse keep nflows' floating-point operations, so their values are
+nflows' (bit for bit in ``tests/test_spline.py``; one ulp in a few of 36 k sampled jets,
+where an elementwise kernel's vector and scalar paths round differently); the forward and
+the inverse must round alike: a knot one ulp apart between them is amplified by the
+slope ratio of a bin at the floors (up to ~1e3) in the inverse of the forward. The
+backward is analytic and writes one gradient buffer for the packed parameters: a row's
+cumulative sums reach the result only at its bin's two ends, so their gradient is a step
+over the bins and softmax's backward a ``where`` and a multiply (no reversed cumulative
+sum, no zero-filled table per gather, no ``cat`` for the split); the gradients agree with
+autograd's to rounding (relative 8e-7 for the paper flow).
 
 :class:`FusedRQCouplingTransform` is a drop-in for nflows'
 ``PiecewiseRationalQuadraticCouplingTransform`` with linear tails: same constructor,
