@@ -68,6 +68,10 @@ from torch.nn import functional as F
 DEFAULT_MIN_BIN_WIDTH: float = nflows_rq.DEFAULT_MIN_BIN_WIDTH
 DEFAULT_MIN_BIN_HEIGHT: float = nflows_rq.DEFAULT_MIN_BIN_HEIGHT
 DEFAULT_MIN_DERIVATIVE: float = nflows_rq.DEFAULT_MIN_DERIVATIVE
+CPU_PASS_TABLE_ELEMENTS = 2**20
+"""Table entries (rows x features x 2K) per pass of a spline without gradients on a CPU:
+larger calls (sampling batches) go through in passes of rows whose tables stay in the
+caches; the paper flows' inverse of 4096 rows runs ~2x faster (same values)."""
 
 
 class _BinTables(torch.autograd.Function):
@@ -220,13 +224,48 @@ def packed_rational_quadratic_spline(
     if min_bin_width * num_bins > 1.0 or min_bin_height * num_bins > 1.0:
         raise ValueError("Minimal bin width or height too large for the number of bins")
     bound = float(tail_bound)
+    minima = (min_bin_width, min_bin_height, min_derivative)
+    rows = _pass_rows(inputs, params)
+    if rows is None:
+        return _spline_pass(inputs, params, inverse, bound, float(logit_scale), minima)
+    passes = [
+        _spline_pass(x, p, inverse, bound, float(logit_scale), minima)
+        for x, p in zip(inputs.split(rows), params.split(rows), strict=True)
+    ]
+    return torch.cat([y for y, _ in passes]), torch.cat([lad for _, lad in passes])
+
+
+def _pass_rows(inputs: torch.Tensor, params: torch.Tensor) -> int | None:
+    """Rows per pass for a call without gradients on a CPU whose tables exceed
+    :data:`CPU_PASS_TABLE_ELEMENTS` (``None``: one pass). A multiple of 64 rows: every
+    pass but the last then fills whole vectors, so the values are a single pass's."""
+    needs_grad = torch.is_grad_enabled() and (inputs.requires_grad or params.requires_grad)
+    if needs_grad or params.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if params.dim() < 2 or params.shape[:-1] != inputs.shape:
+        return None
+    table = params.numel() // params.shape[-1] * (params.shape[-1] + 1) * 2 // 3
+    passes = -(-table // CPU_PASS_TABLE_ELEMENTS)
+    rows = -(-params.shape[0] // passes)
+    rows = -(-rows // 64) * 64
+    return rows if rows < params.shape[0] else None
+
+
+def _spline_pass(
+    inputs: torch.Tensor,
+    params: torch.Tensor,
+    inverse: bool,
+    bound: float,
+    logit_scale: float,
+    minima: tuple[float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`packed_rational_quadratic_spline` in one pass (its arguments, checked)."""
     inside = (inputs >= -bound) & (inputs <= bound)
     clamped = inputs.clamp(-bound, bound)
-    minima = (min_bin_width, min_bin_height, min_derivative)
     x_ends, y_ends, logits = _BinTables.apply(
-        params, clamped.detach(), inverse, bound, float(logit_scale), minima
+        params, clamped.detach(), inverse, bound, logit_scale, minima
     )
-    derivatives = min_derivative + F.softplus(logits)
+    derivatives = minima[2] + F.softplus(logits)
     outputs, logabsdet = _evaluate(clamped, x_ends, y_ends, derivatives, inverse)
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 

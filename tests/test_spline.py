@@ -12,6 +12,7 @@ from nflows.transforms.splines.rational_quadratic import (
     unconstrained_rational_quadratic_spline as nflows_spline,
 )
 
+from flashsim import spline
 from flashsim.checkpoint import save_checkpoint
 from flashsim.errors import FlashSimError
 from flashsim.flow_config import FlowConfig
@@ -107,6 +108,22 @@ def test_kernel_inverse_undoes_forward_everywhere():
     assert torch.allclose(x_back, x, atol=1e-4)
     # bins with slopes down to 1e-3 here: log-dets near -7 round to ~1e-4 (nflows alike)
     assert torch.allclose(lad + lad_inv, torch.zeros_like(lad), atol=1e-3)
+
+
+def test_kernel_large_calls_without_gradients_run_in_row_passes_with_the_same_values(
+    monkeypatch,
+):
+    # 1024 rows x 3 x 2K = 786 k table entries: 3 passes of 384 rows at 2^18 per pass
+    x, w, h, u = _spline_inputs(n=1024, d=3, k=128, seed=6)
+    monkeypatch.setattr(spline, "CPU_PASS_TABLE_ELEMENTS", 2**18)
+    assert spline._pass_rows(x, torch.cat([w, h, u], -1)) == 384
+    with torch.no_grad():
+        passes = [rational_quadratic_spline(x, w, h, u, inverse=i, tail_bound=2.0) for i in (0, 1)]
+    monkeypatch.setattr(spline, "CPU_PASS_TABLE_ELEMENTS", 2**62)
+    with torch.no_grad():
+        whole = [rational_quadratic_spline(x, w, h, u, inverse=i, tail_bound=2.0) for i in (0, 1)]
+    for ours, ref in zip(passes, whole, strict=True):
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
 
 
 # ------------------------------------------------------------------ whole flows
