@@ -75,13 +75,14 @@ caches; the paper flows' inverse of 4096 rows runs ~2x faster (same values)."""
 
 
 class _BinTables(torch.autograd.Function):
-    """The table part of the spline: the two knots of each value's bin and its two
-    derivative logits, from the packed parameters.
+    """The table part of the spline: each value's bin ends and their derivative logits,
+    from the packed parameters.
 
     ``params`` ``(..., 3K - 1)`` are nflows' layout, width logits | height logits |
     derivative logits of the inner knots; ``clamped`` ``(...)`` are the values, inside
     ``[-B, B]``, of the searched coordinate (``x`` forward, ``y`` inverse). Returns
-    ``(x_ends, y_ends, derivative_logits)``, each ``(..., 2)`` (the bin's left, right end).
+    ``(x_k, x_k1, y_k, y_k1, u_k, u_k1)``, each ``(...)``: the bin's left and right knot in
+    ``x`` and ``y`` and the derivative logits there (the ends' pinned to slope 1).
 
     Forward: nflows' operations (so nflows' rounding) on the stacked width and height
     logits ``(..., 2, K)``: division by the logit scale (which also makes them
@@ -102,7 +103,7 @@ class _BinTables(torch.autograd.Function):
         bound: float,
         logit_scale: float,
         minima: tuple[float, float, float],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         k = (params.shape[-1] + 1) // 3
         logits = params[..., : 2 * k].unflatten(-1, (2, k)) / logit_scale  # (..., 2, K): w, h
         probs = torch.softmax(logits, dim=-1)
@@ -114,53 +115,98 @@ class _BinTables(torch.autograd.Function):
         # to the bin on its right, B itself to the last bin)
         knots = _to_interval(cumulative[..., int(inverse), :-1], bound)
         index = torch.searchsorted(knots, clamped.unsqueeze(-1).contiguous(), right=True)
-        # the columns of the bin's ends, knots index and index + 1 (1-based); the first
-        # bin's left end is -B, the last's right end B, pinned as nflows pins them
-        shifted = index + torch.arange(-1, 1, device=index.device)  # (..., 2)
-        pair = shifted.clamp(0, k - 2)
-        edges = pair != shifted  # (..., 2): the left end of bin 0, the right end of bin K-1
-        picked = cumulative.gather(-1, pair.unsqueeze(-2).expand(*pair.shape[:-1], 2, 2))
-        bounds = torch.arange(-1, 2, 2, dtype=params.dtype, device=params.device) * bound
-        ends = torch.where(edges.unsqueeze(-2), bounds, _to_interval(picked, bound))
+        # the columns of the bin's ends (knots index and index + 1, 1-based); the first
+        # bin's left end is -B and the last's right end B, pinned as nflows pins them.
+        # Every gathered end is its own contiguous (...) tensor: elementwise work on
+        # (..., 2) tensors runs several times slower on a CPU
+        left, right = (index - 1).clamp(min=0), index.clamp(max=k - 2)
+        first, last = index.squeeze(-1) == 0, index.squeeze(-1) == k - 1
+        sums = [
+            cumulative[..., t, :].gather(-1, c).squeeze(-1) for t in (0, 1) for c in (left, right)
+        ]
+        x_k, x_k1, y_k, y_k1 = (
+            torch.where(pinned, end, _to_interval(s, bound))
+            for s, pinned, end in zip(sums, (first, last) * 2, (-bound, bound) * 2, strict=True)
+        )
         edge = math.log(math.exp(1 - minima[2]) - 1)  # softplus^-1(1 - d_min): slope 1
-        derivative_logits = torch.where(edges, edge, params[..., 2 * k :].gather(-1, pair))
-        ctx.save_for_backward(probs, picked, index, pair, edges)
+        u = params[..., 2 * k :]
+        u_k = torch.where(first, edge, u.gather(-1, left).squeeze(-1))
+        u_k1 = torch.where(last, edge, u.gather(-1, right).squeeze(-1))
+        ctx.save_for_backward(probs, index, left, right, *sums)
         ctx.constants = (bound, logit_scale, minima)
-        return ends[..., 0, :], ends[..., 1, :], derivative_logits
+        return x_k, x_k1, y_k, y_k1, u_k, u_k1
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_x: torch.Tensor, grad_y: torch.Tensor, grad_derivatives: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        probs, picked, index, pair, edges = ctx.saved_tensors
-        bound, logit_scale, (min_width, min_height, _) = ctx.constants
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        probs, index, left, right, *sums = ctx.saved_tensors
+        bound, logit_scale, minima = ctx.constants
         k = probs.shape[-1]
-        keep = ~edges
-        # dL/dC at the ends' cumulative floored sizes C, (..., 2 tables, 2 ends)
-        g = torch.stack([grad_x, grad_y], dim=-2) * (keep.unsqueeze(-2) * (2 * bound))
-        # C(i) = (1 - K m) P(i) + m (i + 1), P the cumulative softmax p; bin b's ends are
-        # columns b - 1 and b, so dL/dp_j = (1 - K m)(g_left [j < b] + g_right [j <= b]);
-        # softmax's backward, divided by the logit scale: p_j (dL/dp_j - sum_i p_i dL/dp_i)
-        # / scale, where the sum is (1 - K m) g . P(ends) = g . (C(ends) - m (i + 1))
-        g_p = _tablewise(g, tuple((1 - m * k) / logit_scale for m in (min_width, min_height)))
-        columns = (pair + 1).to(g.dtype).unsqueeze(-2).expand_as(g)
-        floors = _tablewise(columns, (min_width, min_height))
-        total = (g * (picked - floors)).sum(dim=-1, keepdim=True) / logit_scale
+        keep = index.squeeze(-1) != 0, index.squeeze(-1) != k - 1  # unpinned ends
+        terms = [
+            _end_terms(
+                grads[2 * t : 2 * t + 2],
+                sums[2 * t : 2 * t + 2],
+                (left, right),
+                keep,
+                minima[t],
+                k,
+                bound,
+                logit_scale,
+            )
+            for t in (0, 1)
+        ]
+        step, total, right_end = (
+            torch.stack(z, dim=-1).unsqueeze(-1) for z in zip(*terms, strict=True)
+        )
         before = (torch.arange(k, device=index.device) < index).unsqueeze(-2)  # (..., 1, K)
         # straight into one buffer for params; dynamo refuses a strided ``out=``, but
         # under torch.compile the final cat is fused anyway
-        grad = None if torch.compiler.is_compiling() else probs.new_empty(*g.shape[:-2], 3 * k - 1)
+        grad = (
+            None if torch.compiler.is_compiling() else probs.new_empty(*index.shape[:-1], 3 * k - 1)
+        )
         out = None if grad is None else grad[..., : 2 * k].unflatten(-1, (2, k))
-        grad_logits = torch.where(before, g_p.sum(dim=-1, keepdim=True) - total, -total, out=out)
-        grad_logits.scatter_add_(-1, index.unsqueeze(-2).expand_as(total), g_p[..., 1:])
+        grad_logits = torch.where(before, step - total, -total, out=out)
+        grad_logits.scatter_add_(-1, index.unsqueeze(-2).expand_as(total), right_end)
         grad_logits.mul_(probs)
         grad_derivative_logits = (
-            probs.new_zeros(*g.shape[:-2], k - 1) if grad is None else grad[..., 2 * k :].zero_()
+            probs.new_zeros(*index.shape[:-1], k - 1)
+            if grad is None
+            else grad[..., 2 * k :].zero_()
         )
-        grad_derivative_logits.scatter_add_(-1, pair, grad_derivatives * keep)
+        for column, g, kept in zip((left, right), grads[4:], keep, strict=True):
+            grad_derivative_logits.scatter_add_(-1, column, (g * kept).unsqueeze(-1))
         if grad is None:
             grad = torch.cat([grad_logits.flatten(-2), grad_derivative_logits], dim=-1)
         return grad, None, None, None, None, None
+
+
+def _end_terms(
+    grads: Sequence[torch.Tensor],
+    sums: Sequence[torch.Tensor],
+    columns: tuple[torch.Tensor, torch.Tensor],
+    keep: tuple[torch.Tensor, torch.Tensor],
+    min_size: float,
+    k: int,
+    bound: float,
+    logit_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One table's share of the backward, each ``(...)``: ``step``, the gradient of the
+    scaled logits' softmax below the bin, ``total`` (subtracted everywhere) and
+    ``right_end`` (added at the bin's column).
+
+    The table's cumulative floored sizes ``C(i) = (1 - K m) P(i) + m (i + 1)`` (``P`` the
+    cumulative softmax ``p``) reach the result at the bin's ends, columns ``b - 1`` and
+    ``b``, with gradients ``g_left``, ``g_right``; so ``dL/dp_j = (1 - K m)(g_left [j < b]
+    + g_right [j <= b])``, and softmax's backward divided by the scale is ``p_j (dL/dp_j -
+    sum_i p_i dL/dp_i) / scale``, the sum being ``g . (C(ends) - m (i + 1))``.
+    """
+    g_left, g_right = (g * (kept * (2 * bound)) for g, kept in zip(grads, keep, strict=True))
+    share = (1 - min_size * k) / logit_scale
+    c_left, c_right = (
+        s - min_size * (c.squeeze(-1) + 1).to(s.dtype) for s, c in zip(sums, columns, strict=True)
+    )
+    total = (g_left * c_left + g_right * c_right) / logit_scale
+    return (g_left + g_right) * share, total, g_right * share
 
 
 def _floored(
@@ -180,13 +226,6 @@ def _cumsum_rows(table: torch.Tensor) -> torch.Tensor:
     """Cumulative sums along the last axis of a contiguous table, in place; as one
     ``(rows, K)`` matrix, which the CPU kernel scans about twice as fast as 4-D."""
     return table.view(-1, table.shape[-1]).cumsum_(dim=-1).view(table.shape)
-
-
-def _tablewise(values: torch.Tensor, factors: tuple[float, ...]) -> torch.Tensor:
-    """``(..., 2, n)`` times a factor per table (the width row, the height row)."""
-    if factors[0] == factors[1]:
-        return values * factors[0]
-    return torch.stack([values[..., t, :] * f for t, f in enumerate(factors)], dim=-2)
 
 
 def _to_interval(cumulative: torch.Tensor, bound: float) -> torch.Tensor:
@@ -262,25 +301,21 @@ def _spline_pass(
     """:func:`packed_rational_quadratic_spline` in one pass (its arguments, checked)."""
     inside = (inputs >= -bound) & (inputs <= bound)
     clamped = inputs.clamp(-bound, bound)
-    x_ends, y_ends, logits = _BinTables.apply(
+    x_k, x_k1, y_k, y_k1, u_k, u_k1 = _BinTables.apply(
         params, clamped.detach(), inverse, bound, logit_scale, minima
     )
-    derivatives = minima[2] + F.softplus(logits)
-    outputs, logabsdet = _evaluate(clamped, x_ends, y_ends, derivatives, inverse)
+    d_k, d_k1 = minima[2] + F.softplus(u_k), minima[2] + F.softplus(u_k1)
+    outputs, logabsdet = _evaluate(clamped, (x_k, x_k1, y_k, y_k1, d_k, d_k1), inverse)
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
 
 def _evaluate(
-    clamped: torch.Tensor,
-    x_ends: torch.Tensor,
-    y_ends: torch.Tensor,
-    derivatives: torch.Tensor,
-    inverse: bool,
+    clamped: torch.Tensor, bin_: tuple[torch.Tensor, ...], inverse: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rational-quadratic map of each value ``(...)`` in its bin, whose ends are
-    ``x_ends``, ``y_ends`` and ``derivatives`` ``(..., 2)``; nflows' formulas."""
-    (x_k, x_k1), (y_k, y_k1) = x_ends.unbind(-1), y_ends.unbind(-1)
-    d_k, d_k1 = derivatives.unbind(-1)
+    """The rational-quadratic map of each value ``(...)`` in its bin ``(x_k, x_k1, y_k,
+    y_k1, d_k, d_k1)`` (its knots and the derivatives there, each ``(...)``); nflows'
+    formulas."""
+    x_k, x_k1, y_k, y_k1, d_k, d_k1 = bin_
     w_k, h_k = x_k1 - x_k, y_k1 - y_k
     s_k = h_k / w_k
     curvature = d_k + d_k1 - 2 * s_k
