@@ -502,6 +502,22 @@ class _WriteOptions(TypedDict):
     extra: Callable[[], dict[str, str]]
 
 
+@dataclass(frozen=True)
+class _Simulation:
+    """What every stage of one ``generate`` call shares: the planned inputs, the loaded
+    models, the jets' gen-muon definition, the run's options and the running tally."""
+
+    planned: list[_Input]
+    models: Mapping[str, TrainedFlow]
+    gen_muons: GenMuons
+    run: _Run
+    tally: _Tally
+
+    def chunks(self) -> Iterator[EventChunk]:
+        """The simulated events of every input, step by step (:func:`_chunks`)."""
+        return _chunks(self.planned, self.models, self.gen_muons, self.run, self.tally)
+
+
 def _check_request(
     paths: Mapping[str, str | os.PathLike | None],
     run: _Run,
@@ -609,26 +625,24 @@ def generate(
     models = _load_models(paths, device, spline)
     gen_muons = _jet_gen_muons(models)
     planned = _plan_inputs(inputs, tuple(models), gen_muons, branch_map)
-    tally = _Tally.of(models)
+    sim = _Simulation(planned, models, gen_muons, run, _Tally.of(models))
     write: _WriteOptions = {
         "overwrite": overwrite,
         "compression": compression,
         "expected_chunks": -(-_total_events(planned) // step_events),
-        "extra": lambda: {
-            "flashsim": json.dumps(_provenance(models, run, gen_muons, planned, tally))
-        },
+        "extra": lambda: {"flashsim": json.dumps(_provenance(sim))},
     }
     engine = (workers, dask_scheduler, progress)
-    counts = _write(out, planned, models, gen_muons, run, tally, engine, write)
+    counts = _write(out, sim, engine, write)
     return GenerateSummary(
         out=out,
         events=counts.pop("events"),
         counts=counts,
-        skipped=tally.skipped,
+        skipped=sim.tally.skipped,
         seconds=time.perf_counter() - start,
         models={o: str(m.checkpoint) for o, m in models.items()},
         oversample=oversample,
-        samples=tally.samples,
+        samples=sim.tally.samples,
     )
 
 
@@ -643,37 +657,25 @@ def _total_events(planned: list[_Input]) -> int:
 
 
 def _write(
-    out: Path,
-    planned: list[_Input],
-    models: Mapping[str, TrainedFlow],
-    gen_muons: GenMuons,
-    run: _Run,
-    tally: _Tally,
-    engine: tuple[int, str | None, bool],
-    write: _WriteOptions,
+    out: Path, sim: _Simulation, engine: tuple[int, str | None, bool], write: _WriteOptions
 ) -> dict[str, int]:
     """Simulate every input into ``out``, in this process or (``workers > 1``, Dask) in
     tasks, with a progress bar of input events; the written counts."""
     workers, dask_scheduler, progress = engine
-    total = sum(inp.n_events for inp in planned)
+    total = _total_events(sim.planned)
     with tqdm(
         total=total, unit="ev", unit_scale=True, desc="generate", disable=not progress
     ) as bar:
         if workers > 1 or dask_scheduler:
             tasks = (workers, dask_scheduler, bar.update)
-            return _write_parallel(out, planned, models, gen_muons, run, tally, tasks, write)
-        chunks = _chunks(planned, models, gen_muons, run, tally)
-        on_chunk = lambda n: bar.update(n // run.oversample)  # noqa: E731 (rows -> events)
-        return write_events(out, chunks, on_chunk=on_chunk, **write)
+            return _write_parallel(out, sim, tasks, write)
+        on_chunk = lambda n: bar.update(n // sim.run.oversample)  # noqa: E731 (rows -> events)
+        return write_events(out, sim.chunks(), on_chunk=on_chunk, **write)
 
 
 def _write_parallel(
     out: Path,
-    planned: list[_Input],
-    models: Mapping[str, TrainedFlow],
-    gen_muons: GenMuons,
-    run: _Run,
-    tally: _Tally,
+    sim: _Simulation,
     engine: tuple[int, str | None, Callable[[int], object]],
     write: _WriteOptions,
 ) -> dict[str, int]:
@@ -683,32 +685,28 @@ def _write_parallel(
     from pipelines.prep import execute
 
     workers, dask_scheduler, on_events = engine
+    models, run = sim.models, sim.run
     checkpoints = {o: str(m.checkpoint) for o, m in models.items()}
     splines = {o: m.config.spline for o, m in models.items()}  # the engine each one runs
     device = str(next(iter(models.values())).device)
     with spool_next_to(out) as spool:
         tasks, first_event = [], 0
-        for inp in planned:
+        for inp in sim.planned:
             if inp.n_events:
                 part = str(spool / f"part-{inp.index:06d}.root")
-                args = (inp.index, inp, first_event, checkpoints, device, gen_muons, run, part)
+                args = (inp.index, inp, first_event, checkpoints, device, sim.gen_muons, run, part)
                 tasks.append(FileTask(*args, splines=splines))
             first_event += inp.n_events
         results = execute(tasks, workers, dask_scheduler, on_events, fn=simulate_file)
         for result in results:
-            tally.add(result.tally)
+            sim.tally.add(result.tally)
         parts = [r.part for r in results]
         return write_events(out, part_chunks(parts, run.step_events * run.oversample), **write)
 
 
-def _provenance(
-    models: Mapping[str, TrainedFlow],
-    run: _Run,
-    gen_muons: GenMuons,
-    planned: list[_Input],
-    tally: _Tally,
-) -> dict[str, object]:
+def _provenance(sim: _Simulation) -> dict[str, object]:
     """The ``flashsim`` string of the output file: models, options, inputs, counts."""
+    models, run, tally = sim.models, sim.run, sim.tally
     return {
         "tool": f"flashsim {__version__}",
         "models": {o: str(m.checkpoint) for o, m in models.items()},
@@ -717,8 +715,8 @@ def _provenance(
         "oversample": run.oversample,
         "weight": f"1/{run.oversample} per row (each input event is written oversample times)",
         "max_redraws": run.max_redraws,
-        "jets_gen_muons": gen_muons,
-        "inputs": [str(i.path) for i in planned],
+        "jets_gen_muons": sim.gen_muons,
+        "inputs": [str(i.path) for i in sim.planned],
         "skipped": dict(tally.skipped),
         "samples": {o: c.to_dict() for o, c in tally.samples.items()},
         "target_values": {o: m.target_values is not None for o, m in models.items()},
