@@ -59,6 +59,13 @@ log = logging.getLogger("flashsim.loaders")
 KIND_OBJECT = {"original-jets": "jets", "original-muons": "muons"}
 """The layout each original loader reads (the original trainings' paper layouts)."""
 
+
+def own_loader_kind(obj: str) -> str:
+    """The loader to suggest for layout ``obj``: its original per-row loader where the
+    original trainings had one, else ``chunked``."""
+    return f"original-{obj}" if f"original-{obj}" in KIND_OBJECT else "chunked"
+
+
 TARGET_UNIT_BYTES = 4 * 2**20
 """HDF5 units are whole HDF5 chunks grouped to about this many bytes."""
 
@@ -93,10 +100,9 @@ def locate(
     kind = LOADER_KINDS.normalize(kind)
     implied = KIND_OBJECT.get(kind)
     if obj is not None and implied is not None and obj != implied:
-        own = f"original-{obj}" if f"original-{obj}" in KIND_FORMATS else "chunked"
         raise FlashSimError(
             f"Loader kind {kind!r} reads {implied}, but object={obj!r} was asked for. "
-            f"Use kind={own!r} or drop the object argument."
+            f"Use kind={own_loader_kind(obj)!r} or drop the object argument."
         )
     obj = obj or implied
     paths: tuple[Path, ...]

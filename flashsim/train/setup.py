@@ -20,7 +20,7 @@ from flashsim.presets import DEFAULT_PRESET, HParams, get_preset
 from flashsim.store import LOADER_KINDS, check_store, find_store, read_metadata
 from flashsim.train.config import TrainConfig
 from flashsim.train.distributed import DistContext
-from loaders.sources import KIND_OBJECT
+from loaders.sources import KIND_OBJECT, own_loader_kind
 
 if TYPE_CHECKING:
     from loaders.base import BaseLoader
@@ -38,9 +38,9 @@ def check_loader_kind(obj: str, kind: str) -> None:
     LOADER_KINDS.normalize(kind)
     implied = KIND_OBJECT.get(kind)
     if implied is not None and implied != obj:
-        own = f"original-{obj}" if f"original-{obj}" in KIND_OBJECT else "chunked"
         raise FlashSimError(
-            f"--loader {kind} reads {implied}, but this run trains {obj}; use --loader {own}."
+            f"--loader {kind} reads {implied}, but this run trains {obj}; use --loader "
+            f"{own_loader_kind(obj)}."
         )
 
 
