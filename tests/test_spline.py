@@ -347,3 +347,35 @@ def test_engines_agree_on_cuda():
     diff = (fused.log_prob(x, context=y) - stock.log_prob(x, context=y)).abs().max().item()
     print(f"cuda paper-jets: max |log_prob fused - nflows| = {diff:.3g}")
     assert diff <= LOG_PROB_ATOL
+
+
+def _bench_spline_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_spline.py"
+    spec = importlib.util.spec_from_file_location("bench_spline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_zero_cost_spline_skips_only_the_spline():
+    # bench_spline.py --bound: the spline is the identity with log-det 0, the conditioner
+    # still runs forward and backward, and the real spline is back after the block
+    bench = _bench_spline_module()
+    config = FlowConfig(n_targets=4, n_conditioning=2, num_flow_steps=2, hidden_features=8,
+                        num_blocks=1, num_bins=4, tail_bound=5.0)  # fmt: skip
+    flow = build_flow(config, seed=0)
+    x, y = _batch(config, 64)
+    coupling = next(m for m in flow.modules() if isinstance(m, FusedRQCouplingTransform))
+    real = flow.log_prob(x, context=y)
+    with bench.zero_cost_spline():
+        out, logdet = coupling(x, context=y)
+        assert torch.equal(out, x) and torch.equal(logdet, torch.zeros(64))
+        flow.log_prob(x, context=y).sum().backward()
+    final_layer = coupling.transform_net.final_layer.weight
+    assert final_layer.grad is not None and final_layer.grad.abs().sum() == 0
+    assert torch.equal(flow.log_prob(x, context=y), real)
+    with bench.zero_cost_spline(active=False):
+        assert torch.equal(flow.log_prob(x, context=y), real)
