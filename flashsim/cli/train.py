@@ -97,7 +97,9 @@ from flashsim.train.config import BEST_BY, TrainConfig
     "--compile/--no-compile",
     "compile_",
     default=None,
-    help="torch.compile the loss and its backward (fullgraph with --spline fused).  [default: off]",
+    help="torch.compile the loss and its backward (fullgraph with --spline fused). The first "
+    "step compiles (minutes: 9 for the paper model on a CPU core, 3.5 with a warm cache); on a "
+    "CPU the paper model then steps no faster than eager (benchmarks/spline.md).  [default: off]",
 )
 @click.option(
     "--cuda-graphs/--no-cuda-graphs",
