@@ -19,6 +19,7 @@ the gradients, computes the loss ``nll.mean()``, back-propagates and steps the o
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,12 @@ from flashsim.errors import FlashSimError
 
 TrainStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``step(x, y) -> nll``: one optimiser step on a batch; ``nll`` is ``(B,)``, detached."""
+
+CPU_INDUCTOR_OPTIONS: dict[str, Any] = {"cpp.enable_loop_tail_vec": False}
+"""Inductor settings for a compiled step on a CPU. torch 2.13's vectorised loop tails
+miscompile the fused spline's backward: the small preset's step corrupts the heap and
+aborts, at any batch size (no crash was seen with the tests' tiny flows or the paper
+architecture). Scalar tails compile it correctly, and a tail is a few elements a loop."""
 
 CUDA_GRAPH_WARMUP_STEPS = 3
 """Eager steps (on a side stream) before a capture: the optimiser state, cuBLAS
@@ -177,7 +184,12 @@ def make_train_step(
     loss_fn: Callable = model
     if compile:
         fullgraph = spline == "fused" and not distributed
-        loss_fn = torch.compile(model, fullgraph=fullgraph, dynamic=False)
+        loss_fn = torch.compile(
+            model,
+            fullgraph=fullgraph,
+            dynamic=False,
+            options=CPU_INDUCTOR_OPTIONS if device.type == "cpu" else None,
+        )
     if cuda_graphs:
         return CudaGraphStep(loss_fn, optimizer, device)
     if any(g.get("capturable") for g in optimizer.param_groups):
