@@ -57,6 +57,16 @@ BOUND = "bound"
 """The zero-cost-spline column (``--bound``)."""
 
 
+def _columns(bound: bool) -> tuple[str, ...]:
+    """The engines timed, and the zero-cost spline after them with ``bound``."""
+    return (*SPLINE_ENGINES, BOUND) if bound else tuple(SPLINE_ENGINES)
+
+
+def _engine(column: str) -> str:
+    """The spline engine a column builds its flow with (the bound patches the fused one)."""
+    return "fused" if column == BOUND else column
+
+
 def _free_spline(
     self: FusedRQCouplingTransform, inputs: torch.Tensor, params: torch.Tensor, inverse: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +105,8 @@ def _flows(arch: str, store: Path, bound: bool = False) -> dict:
     with ``bound``, also a fused one for :func:`zero_cost_spline`."""
     config = get_preset(arch, OBJECT).flow
     flows = {}
-    for engine in (*SPLINE_ENGINES, BOUND) if bound else SPLINE_ENGINES:
-        flow = build_flow(config.replace(spline="fused" if engine == BOUND else engine), seed=0)
+    for engine in _columns(bound):
+        flow = build_flow(config.replace(spline=_engine(engine)), seed=0)
         if config.standardize:
             s, layout = column_stats(store, ("train",)), layout_for(OBJECT)
             x, y = layout.targets, layout.conditioning
@@ -121,7 +131,7 @@ def time_training(
             lambda a, b, flow=flow: -flow.log_prob(a, context=b),
             opt,
             torch.device("cpu"),
-            spline="fused" if engine == BOUND else engine,
+            spline=_engine(engine),
             compile=compile,
         )
     times: dict[str, list[float]] = {e: [] for e in flows}
@@ -164,7 +174,7 @@ def make_checkpoint(arch: str, shards: Path, out: Path) -> Path:
 
 
 def time_generation(run: Path, toy: Path, out: Path, repeats: int, bound: bool = False) -> dict:
-    engines = (*SPLINE_ENGINES, BOUND) if bound else SPLINE_ENGINES
+    engines = _columns(bound)
     rates: dict[str, list[float]] = {e: [] for e in engines}
     objects = 0
     for r in range(repeats):
@@ -174,7 +184,7 @@ def time_generation(run: Path, toy: Path, out: Path, repeats: int, bound: bool =
                     [toy],
                     out / f"gen-{engine}.root",
                     jets=run,
-                    spline="fused" if engine == BOUND else engine,
+                    spline=_engine(engine),
                     device="cpu",
                     # one-step checkpoints put many samples out of range: with redraws (up to
                     # 10 passes per object) this would time the redraw loop, not the sampling
